@@ -1,0 +1,1 @@
+"""Sweeps over config files: precision comparisons, scaling sweeps, fits and plots."""

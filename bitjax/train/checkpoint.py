@@ -1,0 +1,66 @@
+"""Orbax checkpoints of the train state together with the data iterator's position."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves (train state, data iterator state) per step; keeps the newest few."""
+
+  def __init__(self, directory: str, max_to_keep: int):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+  def restore(self, step: int, abstract_state):
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored.state, restored.data
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _flatten(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def guard_config(workdir: str, config_dict: dict) -> None:
+  """Write config.json into a new workdir; refuse to reuse one made with another config.
+
+  Resuming must continue the same experiment, so any changed field is an error
+  that names it (and asks for a new workdir) instead of silently mixing runs.
+  """
+  path = os.path.join(workdir, "config.json")
+  canonical = json.loads(json.dumps(config_dict, sort_keys=True, default=str))
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    old, new = _flatten(saved), _flatten(canonical)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+      details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+      raise ValueError(
+          f"workdir {workdir!r} holds a run with a different config ({details}); "
+          "use a new --workdir, or the same config to resume")
+    return
+  with open(path, "w") as f:
+    json.dump(canonical, f, indent=2, sort_keys=True)

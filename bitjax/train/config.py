@@ -1,0 +1,129 @@
+"""The one config schema: defaults for every section and up-front validation.
+
+Config files (configs/*.py) start from `default_config()` and change fields;
+`validate_config` checks the whole thing before any work starts, so a typo or
+an impossible shape fails in the first second with the field named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+from bitjax.models import DecoderConfig
+from bitjax.train.optim import resolve_schedule
+
+TRAIN_POSITIVE_INTS = ("seq_len", "batch_size", "steps", "eval_every", "eval_batches",
+                       "log_every", "checkpoint_every", "max_checkpoints")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  from bitjax.data import default_data_config  # the data stack is needed only to train
+
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dataclasses.asdict(DecoderConfig()))
+  config.data = default_data_config()
+  config.train = ml_collections.ConfigDict(dict(
+      seq_len=256, batch_size=16, steps=1000, seed=0,
+      eval_every=250, eval_batches=8, log_every=25,
+      checkpoint_every=500, max_checkpoints=2, progress_bar=True,
+  ))
+  config.optim = ml_collections.ConfigDict(dict(
+      schedule="auto", lr=1e-3, stage2_lr=6e-4,
+      stage1_end_lr=ml_collections.FieldReference(None, field_type=float),
+      warmup_steps=375, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+  ))
+  return config
+
+
+def parse_config_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parse a config-file argument like "tiny,precision=b1.58" (big_vision style).
+
+  A bare first item sets the first default's key (the size preset); values are
+  converted to the type of their default.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return parsed
+  first_key = next(iter(defaults))
+  for i, item in enumerate(arg.split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      if i:
+        raise ValueError(f"config argument {item!r} needs the form key=value")
+      key, value = first_key, item
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r} is not one of {list(defaults)}")
+    default = defaults[key]
+    parsed[key] = value if default is None else type(default)(value)
+  return parsed
+
+
+def validate_config(config: ml_collections.ConfigDict) -> DecoderConfig:
+  """Check every section; returns the model config. Raises ValueError naming the field."""
+  from bitjax.data import get_tokenizer, validate_data_config
+
+  for section in ("model", "data", "train", "optim"):
+    if section not in config:
+      raise ValueError(f"config has no section {section!r}; expected model, data, train, optim")
+  model = DecoderConfig.from_mapping(config.model)
+  validate_data_config(config.data)
+  for name in TRAIN_POSITIVE_INTS:
+    value = config.train[name]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.train.{name}={value!r} must be a positive integer")
+  vocab = get_tokenizer(config.data).vocab_size
+  if model.vocab_size < vocab:
+    raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
+                     f"{config.data.tokenizer!r} tokenizer's vocabulary ({vocab})")
+  resolve_schedule(config.optim.schedule, model.spec.quantized)
+  for name in ("lr", "stage2_lr", "weight_decay", "grad_clip", "eps"):
+    if config.optim[name] < 0:
+      raise ValueError(f"config.optim.{name}={config.optim[name]!r} must be >= 0")
+  if not 0 <= config.optim.warmup_steps:
+    raise ValueError(f"config.optim.warmup_steps={config.optim.warmup_steps!r} must be >= 0")
+  return model
+
+
+def check_workdir(workdir: str) -> str:
+  """Refuse a workdir path that exists as a file; create the directory otherwise."""
+  if not workdir:
+    raise ValueError("--workdir is required")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir!r} exists and is not a directory")
+  os.makedirs(workdir, exist_ok=True)
+  return workdir
+
+
+def load_config(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """Load `path/to/file.py[:arg]` via its get_config(arg), then set dotted overrides.
+
+  This is how one config file yields many runs (a precision comparison, a sweep):
+  each run is the file, its argument, and a few overridden fields.
+  """
+  import importlib.util
+
+  path, _, arg = spec.partition(".py:")
+  path = path if path.endswith(".py") else path + ".py"
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "bitjax_config_" + os.path.basename(path)[:-3].replace(".", "_"), path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path!r} defines no get_config(arg)")
+  config = module.get_config(arg) if arg else module.get_config()
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      if part not in node:
+        raise ValueError(f"config override {key!r}: config has no field {part!r}")
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"config override {key!r}: config has no field {leaf!r}")
+    node[leaf] = value
+  return config

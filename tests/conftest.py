@@ -1,0 +1,16 @@
+import os
+
+import numpy as np
+import pytest
+
+# Tests run on CPU; keep XLA from grabbing every core for its own threads.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+
+
+@pytest.fixture
+def rng(request):
+  """A fresh random generator per test, seeded from the test's name and printed on failure."""
+  seed = np.random.SeedSequence().entropy % (2**32)
+  request.node.user_properties.append(("seed", seed))
+  print(f"numpy seed {seed}")
+  return np.random.default_rng(seed)

@@ -1,0 +1,227 @@
+"""The trainer end to end on the embedded corpus: learning, ternary weights, resume,
+refusals, schedules and config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from types import SimpleNamespace
+
+import bitjax.data
+from bitjax.models import Decoder, DecoderConfig, quantized_kernels
+from bitjax.train import optim, train_and_evaluate
+from bitjax.train.config import load_config, parse_config_arg, validate_config
+from bitjax.train.checkpoint import Checkpointer
+from bitjax.train.trainer import init_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LM_CONFIG = os.path.join(ROOT, "configs", "lm.py")
+
+
+def small_config(data_dir, precision, **overrides):
+  """configs/lm.py:nano shrunk so a run takes seconds on two cores."""
+  fields = {
+      "data.data_dir": str(data_dir), "train.seq_len": 64, "train.batch_size": 8,
+      "train.steps": 120, "train.eval_every": 60, "train.eval_batches": 4,
+      "train.log_every": 20, "train.checkpoint_every": 40, "train.progress_bar": False,
+      "optim.warmup_steps": 10, "model.compute_dtype": "float32", **overrides}
+  return load_config(f"{LM_CONFIG}:nano,precision={precision}", fields)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir):
+  """One short bf16 run and one b1.58 run, shared by the tests below."""
+  runs = {}
+  for precision in ("bf16", "b1.58"):
+    workdir = str(tmp_path_factory.mktemp(precision))
+    config = small_config(data_dir, precision)
+    runs[precision] = (config, workdir, train_and_evaluate(config, workdir))
+  return runs
+
+
+def eval_records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == "eval"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "b1.58"])
+def test_validation_loss_falls_clearly(trained, precision):
+  config, workdir, summary = trained[precision]
+  chance = np.log(config.model.vocab_size)
+  assert summary["eval_loss"] < chance - 1.5, summary
+  records = eval_records(workdir)
+  assert [r["step"] for r in records] == [60, 120]
+  assert np.isclose(summary["eval_perplexity"], np.exp(summary["eval_loss"]))
+  # bits/byte = nats/token / ln 2 for a byte tokenizer (EOS tokens carry no bytes).
+  assert summary["eval_bits_per_byte"] >= summary["eval_loss"] / np.log(2)
+  assert summary["eval_bits_per_byte"] < 1.02 * summary["eval_loss"] / np.log(2)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def restore_model(config, workdir):
+  model_cfg = DecoderConfig.from_mapping(config.model)
+  tx = optim.make_optimizer(config.optim, config.train.steps, model_cfg.spec.quantized)
+  graphdef, state = init_state(model_cfg, tx, seed=123)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 2)
+  state, _ = ckpt.restore(ckpt.latest_step(), jax.eval_shape(lambda: state))
+  ckpt.close()
+  return nnx.merge(graphdef, state.params)
+
+
+def test_trained_b158_weights_take_three_values(trained):
+  config, workdir, _ = trained["b1.58"]
+  model = restore_model(config, workdir)
+  kernels = quantized_kernels(model)
+  assert len(kernels) == 7 * config.model.num_layers
+  for name, kernel in kernels.items():
+    values = np.unique(np.asarray(kernel))
+    assert len(values) == 3, name
+    np.testing.assert_allclose(values, [-values[-1], 0.0, values[-1]])
+  # The latent weights stay float32 and far from ternary.
+  latent = model.layers[0].mlp.up_proj.kernel[...]
+  assert latent.dtype == jnp.float32 and len(np.unique(np.asarray(latent))) > 100
+
+
+def test_finished_run_is_not_trained_again(trained):
+  config, workdir, summary = trained["bf16"]
+  lines = len(open(os.path.join(workdir, "metrics.jsonl")).readlines())
+  assert train_and_evaluate(config, workdir) == summary
+  assert len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == lines
+
+
+def test_workdir_of_another_config_is_refused(trained):
+  config, workdir, _ = trained["bf16"]
+  other = small_config(config.data.data_dir, "bf16", **{"optim.lr": 1e-4})
+  with pytest.raises(ValueError, match=r"different config \(optim.lr: 0.002 -> 0.0001\)"):
+    train_and_evaluate(other, workdir)
+
+
+class Preempted(Exception):
+  pass
+
+
+class PreemptedIterator:
+  """Yields `stop_after` batches of the real iterator, then fails like a preempted job."""
+
+  def __init__(self, inner, stop_after):
+    self.inner, self.left = inner, stop_after
+
+  def __next__(self):
+    if not self.left:
+      raise Preempted
+    self.left -= 1
+    return next(self.inner)
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypatch):
+  config, _, straight = trained["b1.58"]
+  make_iterator = bitjax.data.make_train_iterator
+  with monkeypatch.context() as patch:
+    patch.setattr(bitjax.data, "make_train_iterator",
+                  lambda *a, **k: PreemptedIterator(make_iterator(*a, **k), 90))
+    with pytest.raises(Preempted):
+      train_and_evaluate(config, str(tmp_path))
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"), 2)
+  assert ckpt.latest_step() == 80  # checkpoints every 40 steps
+  ckpt.close()
+  resumed = train_and_evaluate(config, str(tmp_path))
+  assert resumed["steps_this_session"] == 40
+  np.testing.assert_allclose(resumed["eval_loss"], straight["eval_loss"], rtol=1e-6)
+  a = restore_model(config, str(tmp_path))
+  b = restore_model(*trained["b1.58"][:2])
+  for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_two_stage_schedule_matches_its_formula():
+  o = SimpleNamespace(schedule="auto", lr=3e-3, stage2_lr=1e-3, stage1_end_lr=None,
+                      warmup_steps=10, weight_decay=0.1)
+  total = 100
+  lr = optim.learning_rate_schedule(o, total, quantized=True)
+  wd = optim.weight_decay_schedule(o, total, quantized=True)
+  steps = np.arange(total)
+  expected = np.where(
+      steps < 10, 3e-3 * (steps + 1) / 10,
+      np.where(steps < 50, 3e-3 + (2e-3 - 3e-3) * (steps - 10) / 40,
+               1e-3 * (1 - (steps - 50) / 50)))
+  np.testing.assert_allclose([float(lr(s)) for s in steps], expected, rtol=1e-5, atol=1e-9)
+  assert [float(wd(s)) for s in (0, 49, 50, 99)] == pytest.approx([0.1, 0.1, 0.0, 0.0])
+  linear = optim.learning_rate_schedule(o, total, quantized=False)
+  assert float(linear(55)) == pytest.approx(3e-3 * (1 - 45 / 90))
+  assert float(optim.weight_decay_schedule(o, total, quantized=False)(99)) == pytest.approx(0.1)
+
+
+def test_weight_decay_skips_norm_scales_and_stops_in_stage_two():
+  o = SimpleNamespace(schedule="two_stage", lr=1e-2, stage2_lr=1e-2, stage1_end_lr=1e-2,
+                      warmup_steps=0, weight_decay=0.5, b1=0.9, b2=0.95, eps=1e-8,
+                      grad_clip=1.0)
+  tx = optim.make_optimizer(o, total_steps=4, quantized=True)
+  params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones(2)}
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  moves = []
+  for _ in range(4):
+    updates, state = tx.update(zeros, state, params)
+    moves.append((float(updates["kernel"][0, 0]), float(updates["scale"][0])))
+  assert moves[0][0] == pytest.approx(-1e-2 * 0.5) and moves[0][1] == 0.0
+  assert moves[3] == (0.0, 0.0)
+
+
+def test_config_argument_parsing():
+  parsed = parse_config_arg("small,precision=b1.58", size="tiny", precision="bf16")
+  assert (parsed.size, parsed.precision) == ("small", "b1.58")
+  with pytest.raises(ValueError, match="config argument 'precison' is not one of"):
+    parse_config_arg("tiny,precison=b1.58", size="tiny", precision="bf16")
+
+
+@pytest.mark.parametrize("spec, overrides, message", [
+    ("nano,precision=b3", {}, "config.model.precision='b3' is not one of"),
+    ("huge", {}, "size 'huge' is not one of"),
+    ("nano", {"model.num_heads": 3}, "config.model.hidden_size=64 is not divisible by "
+                                     "config.model.num_heads=3"),
+    ("nano", {"data.name": "wiki"}, "config.data.name='wiki' is not one of"),
+    ("nano", {"data.name": "text_dir", "data.text_dir": "/no/such/dir"}, "/no/such/dir"),
+    ("nano", {"train.batch_size": 0}, "config.train.batch_size=0 must be a positive integer"),
+    ("nano", {"optim.schedule": "step"}, "config.optim.schedule='step' is not one of"),
+    ("nano", {"model.vocab_size": 100}, "config.model.vocab_size=100 is smaller than"),
+    ("nano", {"model.hidden": 3}, "config has no field 'hidden'"),
+])
+def test_bad_configs_fail_naming_the_field(spec, overrides, message):
+  with pytest.raises(ValueError) as info:
+    validate_config(load_config(f"{LM_CONFIG}:{spec}", overrides))
+  assert message in str(info.value)
+
+
+def test_every_size_preset_is_a_valid_config():
+  for size in ("nano", "tiny", "small", "base", "700m", "1.3b", "3b", "3.9b", "2b4t"):
+    for precision in ("bf16", "b1.58"):
+      validate_config(load_config(f"{LM_CONFIG}:{size},precision={precision}"))
+
+
+def test_cli_reports_bad_config_and_missing_flags(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "bitjax", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+  bad = run("train", f"--config={LM_CONFIG}:nano", "--config.model.num_heads=5",
+            f"--workdir={tmp_path}")
+  assert bad.returncode != 0
+  assert "config.model.hidden_size=64 is not divisible by config.model.num_heads=5" in bad.stderr
+  usage = run("fly", f"--config={LM_CONFIG}:nano", f"--workdir={tmp_path}")
+  assert usage.returncode != 0 and "usage: python -m bitjax" in usage.stderr
