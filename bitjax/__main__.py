@@ -1,5 +1,7 @@
 """Command line: `python -m bitjax {train,compare} --config FILE.py:ARG --workdir DIR`."""
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -20,11 +22,19 @@ def main(argv):
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if cfg is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
-  if argv[1] == "train":
+  from bitjax.train.config import ConfigError
+  try:
+    _run_command(argv[1], cfg, workdir)
+  except ConfigError as e:
+    sys.exit(f"bitjax {argv[1]}: bad config: {e}")
+
+
+def _run_command(command, cfg, workdir):
+  from bitjax.sweep.compare import compare_precisions, format_comparison
+  if command == "train":
     from bitjax.train import train_and_evaluate
-    train_and_evaluate(cfg, workdir)
+    print(format_comparison([train_and_evaluate(cfg, workdir)]))
   else:
-    from bitjax.sweep.compare import compare_precisions, format_comparison
     config_flag = flags.FLAGS["config"]
     summaries = compare_precisions(config_flags.get_config_filename(config_flag), workdir,
                                    flags.FLAGS.precisions,

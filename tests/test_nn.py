@@ -26,15 +26,21 @@ def test_bitdense_equals_dequantized_matmul(rng, precision):
   x = rng.standard_normal((3, 5, d_in)).astype(np.float32) * 3
   y = np.asarray(layer(jnp.asarray(x)), np.float64)
 
-  w = np.asarray(layer.kernel[...])
+  w = np.asarray(layer.kernel[...], np.float64)
   xn = np_rms(x.astype(np.float64), np.asarray(layer.norm.scale[...], np.float64))
   x_codes, x_scale = np_quantize_activation(xn, spec.act_bits, spec.act_granularity)
   w_codes, w_scale = np_quantize_weight(w, spec.weight)
   ref = (x_codes @ w_codes) * (x_scale * w_scale)  # DESIGN.md: y = (xq @ wq) * (sx * sw)
-  # A float32 vs float64 rounding tie may move one activation code by one step.
-  step = np.broadcast_to(x_scale * w_scale * np.abs(w_codes).sum(0).max(), ref.shape)
-  np.testing.assert_array_less(np.abs(y - ref), step + 1e-4)
-  assert np.mean(np.abs(y - ref) > 1e-4 * (1 + np.abs(ref))) < 0.02
+  # float32 and float64 may round an input sitting on a rounding boundary differently;
+  # compare exactly only the tokens and output columns that have no such input.
+  x_tie = np.abs(np.abs(xn / x_scale) % 1 - 0.5) < 1e-4
+  w_ratio = w - w.mean() if spec.weight == "sign" else np.abs(w / w_scale) % 1 - 0.5
+  w_tie = np.abs(w_ratio) < 1e-4
+  clean = ~x_tie.any(-1)[..., None] & ~w_tie.any(0)
+  assert clean.mean() > 0.3
+  np.testing.assert_allclose(y[clean], ref[clean], rtol=1e-5, atol=1e-5)
+  step = np.broadcast_to(x_scale * w_scale, ref.shape)  # one code step on one input
+  assert np.all(np.abs(y - ref) <= 2 * d_in * step + 1e-5)
 
 
 def test_bitdense_straight_through_gradients(rng):

@@ -225,3 +225,22 @@ def test_cli_reports_bad_config_and_missing_flags(tmp_path):
   assert "config.model.hidden_size=64 is not divisible by config.model.num_heads=5" in bad.stderr
   usage = run("fly", f"--config={LM_CONFIG}:nano", f"--workdir={tmp_path}")
   assert usage.returncode != 0 and "usage: python -m bitjax" in usage.stderr
+
+
+def test_compare_trains_each_precision_once_and_tabulates(data_dir, tmp_path):
+  from bitjax.sweep.compare import compare_precisions, format_comparison
+
+  overrides = {"data.data_dir": str(data_dir), "train.seq_len": 32, "train.batch_size": 4,
+               "train.steps": 6, "train.eval_every": 6, "train.eval_batches": 1,
+               "train.checkpoint_every": 6, "train.progress_bar": False}
+  summaries = compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path), ["bf16", "1bit"], overrides)
+  assert [s["precision"] for s in summaries] == ["bf16", "1bit"]
+  assert sorted(os.listdir(tmp_path)) == ["1bit", "bf16"]
+  # The config file sets the precision's own recipe: a higher peak rate when quantized.
+  configs = [json.load(open(tmp_path / p / "config.json")) for p in ("bf16", "1bit")]
+  assert configs[0]["optim"]["lr"] < configs[1]["optim"]["lr"]
+  table = format_comparison(summaries)
+  assert "1bit / bf16 perplexity ratio" in table and "sha256" in table
+  with pytest.raises(ValueError, match="precision='b9'"):
+    compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path / "bad"), ["bf16", "b9"], overrides)
+  assert not (tmp_path / "bad" / "bf16").exists()  # nothing trained before the refusal

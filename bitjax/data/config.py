@@ -28,6 +28,13 @@ FIELDS = (
 CORPUS_FEATURES = ("path", "text")
 
 
+def optional(field_type: type):
+  """A None config default that keeps a type, so `--config.x=...` can still set it."""
+  import ml_collections
+
+  return ml_collections.FieldReference(None, field_type=field_type)
+
+
 def default_data_config():
   """The data section with its defaults: the offline stdlib corpus, bytes."""
   import ml_collections  # Deferred: only configs need it, not the pipelines.
@@ -36,12 +43,12 @@ def default_data_config():
       "name": "stdlib",
       # Where TFDS datasets are built and read; None: $TFDS_DATA_DIR or
       # ~/tensorflow_datasets. May be a gs:// path.
-      "data_dir": None,
+      "data_dir": optional(str),
       # For name='text_dir': the directory and a recursive glob inside it.
-      "text_dir": None,
+      "text_dir": optional(str),
       "text_glob": "**/*.txt",
       # For name='tfds': e.g. 'lm1b' or 'c4/en', prepared as array_record.
-      "tfds_name": None,
+      "tfds_name": optional(str),
       "text_key": "text",
       "train_split": "train",
       "eval_split": "validation",

@@ -13,24 +13,26 @@ def compare_precisions(config_spec: str, workdir: str, precisions, overrides=Non
   reused and interrupted ones resume.
   """
   from bitjax.train import train_and_evaluate
-  from bitjax.train.config import load_config
+  from bitjax.train.config import load_config, validate_config
 
   separator = "," if ":" in config_spec else ":"
   configs = {p: load_config(f"{config_spec}{separator}precision={p}", overrides)
-             for p in precisions}  # load all first: a bad one fails before any training
+             for p in precisions}
+  for config in configs.values():  # a bad one fails before any training starts
+    validate_config(config)
   return [train_and_evaluate(cfg, os.path.join(workdir, p)) for p, cfg in configs.items()]
 
 
 def format_comparison(summaries: list[dict]) -> str:
   """A plain-text table of the runs' validation metrics, baseline first."""
   header = (f"{'precision':<14}{'params':>10}{'tokens':>12}{'val loss':>10}{'val ppl':>10}"
-            f"{'bits/byte':>11}{'tok/s':>10}{'minutes':>9}")
+            f"{'bits/byte':>11}{'tok/s avg':>11}{'minutes':>9}")
   lines = [header, "-" * len(header)]
   for s in summaries:
     lines.append(
         f"{s['precision']:<14}{s['params'] / 1e6:>9.2f}M{s['tokens'] / 1e6:>11.2f}M"
         f"{s['eval_loss']:>10.4f}{s['eval_perplexity']:>10.3f}{s['eval_bits_per_byte']:>11.4f}"
-        f"{s['tokens_per_s']:>10,.0f}{s['train_wall_s'] / 60:>9.1f}")
+        f"{s['tokens_per_s']:>11,.0f}{s['train_wall_s'] / 60:>9.1f}")
   base = summaries[0]
   for s in summaries[1:]:
     lines.append(f"{s['precision']} / {base['precision']} perplexity ratio: "

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 
 import ml_collections
 
+from bitjax.data.config import optional
 from bitjax.models import DecoderConfig
 from bitjax.train.optim import resolve_schedule
 
@@ -19,11 +21,23 @@ TRAIN_POSITIVE_INTS = ("seq_len", "batch_size", "steps", "eval_every", "eval_bat
                        "log_every", "checkpoint_every", "max_checkpoints")
 
 
+def _model_section() -> ml_collections.ConfigDict:
+  """DecoderConfig's fields and defaults; None defaults keep their declared type."""
+  hints = typing.get_type_hints(DecoderConfig)
+  section = {}
+  for field in dataclasses.fields(DecoderConfig):
+    value = field.default
+    if value is None:
+      value = optional(next(t for t in typing.get_args(hints[field.name]) if t is not type(None)))
+    section[field.name] = value
+  return ml_collections.ConfigDict(section)
+
+
 def default_config() -> ml_collections.ConfigDict:
   from bitjax.data import default_data_config  # the data stack is needed only to train
 
   config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dataclasses.asdict(DecoderConfig()))
+  config.model = _model_section()
   config.data = default_data_config()
   config.train = ml_collections.ConfigDict(dict(
       seq_len=256, batch_size=16, steps=1000, seed=0,
@@ -32,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   config.optim = ml_collections.ConfigDict(dict(
       schedule="auto", lr=1e-3, stage2_lr=6e-4,
-      stage1_end_lr=ml_collections.FieldReference(None, field_type=float),
+      stage1_end_lr=optional(float),
       warmup_steps=375, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
   ))
   return config
@@ -61,8 +75,19 @@ def parse_config_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
+class ConfigError(ValueError):
+  """A config field has a bad value; the message names the field and what is allowed."""
+
+
 def validate_config(config: ml_collections.ConfigDict) -> DecoderConfig:
-  """Check every section; returns the model config. Raises ValueError naming the field."""
+  """Check every section; returns the model config. Raises ConfigError naming the field."""
+  try:
+    return _validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _validate(config: ml_collections.ConfigDict) -> DecoderConfig:
   from bitjax.data import get_tokenizer, validate_data_config
 
   for section in ("model", "data", "train", "optim"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from typing import Any
@@ -82,7 +81,7 @@ def _run_summary(config, model_cfg, params_count, eval_metrics, wall, steps_run,
       "eval_bits_per_byte": eval_metrics["bits_per_byte"],
       "train_wall_s": wall,
       "steps_this_session": steps_run,
-      "tokens_per_s": tokens_s,
+      "tokens_per_s": tokens_s,  # this session's steps over its wall time (compile, eval too)
       "device_kind": jax.devices()[0].device_kind,
       "data": data_info,
   }
@@ -137,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              desc=f"{model_cfg.precision} {params_count['total'] / 1e6:.2f}M", unit="step",
              dynamic_ncols=True)
   t_start = t_log = time.perf_counter()
-  step_log, tokens_s = start, math.nan
+  step_log = start
   eval_metrics = None
   try:
     for step in range(start + 1, tcfg.steps + 1):
@@ -164,9 +163,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
   if eval_metrics is None:  # resumed at the last step without a summary
     eval_metrics = evaluate(eval_fn, state.params, eval_batches)
-  summary = _run_summary(config, model_cfg, params_count, eval_metrics,
-                         time.perf_counter() - t_start, tcfg.steps - start, tokens_s,
-                         data_info)
+  wall = time.perf_counter() - t_start
+  steps_run = tcfg.steps - start
+  summary = _run_summary(config, model_cfg, params_count, eval_metrics, wall, steps_run,
+                         steps_run * tokens_per_step / wall, data_info)
   summary["workdir"] = workdir
   with open(summary_path, "w") as f:
     json.dump(summary, f, indent=2)
