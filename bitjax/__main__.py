@@ -1,48 +1,74 @@
-"""Command line: `python -m bitjax {train,compare} --config FILE.py:ARG --workdir DIR`."""
+"""Command line.
+
+  python -m bitjax train   --config configs/lm.py:tiny,precision=b1.58 --workdir runs/t
+  python -m bitjax compare --config configs/lm.py:tiny --precisions bf16,b1.58 --workdir runs/c
+  python -m bitjax sweep   --config configs/sweeps/lm_scaling.py:cpu --workdir runs/scaling
+                           [--task_index=i --num_tasks=n]
+  python -m bitjax plot    --workdir runs/scaling
+"""
 
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare")
+COMMANDS = ("train", "compare", "sweep", "plot")
+FLAGS = flags.FLAGS
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
-                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_list("precisions", ["bf16", "b1.58"], "Presets that `compare` trains.")
+flags.DEFINE_integer("task_index", 0, "`sweep`: which share of the runs this process trains.")
+flags.DEFINE_integer("num_tasks", 1, "`sweep`: into how many shares the runs are split.")
+
+
+def _define_config_flag(command):
+  """`--config` is a config file (with --config.x overrides) except for `sweep`, where it
+  names a sweep file whose get_sweep(arg) lists the runs."""
+  if command == "sweep":
+    flags.DEFINE_string("config", None, "Sweep file, e.g. configs/sweeps/lm_scaling.py:cpu")
+  else:
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
+                                    lock_config=True)
 
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m bitjax {{{','.join(COMMANDS)}}} --config ... "
                          f"--workdir ...; got {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
+  if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # progress comes from our own lines and bar
-  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  if cfg is None or not workdir:
-    raise app.UsageError("--config and --workdir are required")
+  command = argv[1]
+  if not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
+    raise app.UsageError("--workdir is required, and --config for all but `plot`")
   from bitjax.train.config import ConfigError
   try:
-    _run_command(argv[1], cfg, workdir)
+    _run_command(command)
   except ConfigError as e:
-    sys.exit(f"bitjax {argv[1]}: bad config: {e}")
+    sys.exit(f"bitjax {command}: bad config: {e}")
 
 
-def _run_command(command, cfg, workdir):
+def _run_command(command):
+  from bitjax.sweep import report
   from bitjax.sweep.compare import compare_precisions, format_comparison
+
   if command == "train":
     from bitjax.train import train_and_evaluate
-    print(format_comparison([train_and_evaluate(cfg, workdir)]))
-  else:
-    config_flag = flags.FLAGS["config"]
-    summaries = compare_precisions(config_flags.get_config_filename(config_flag), workdir,
-                                   flags.FLAGS.precisions,
-                                   config_flags.get_override_values(config_flag))
+    print(format_comparison([train_and_evaluate(FLAGS.config, FLAGS.workdir)]))
+  elif command == "compare":
+    config_flag = FLAGS["config"]
+    summaries = compare_precisions(config_flags.get_config_filename(config_flag), FLAGS.workdir,
+                                   FLAGS.precisions, config_flags.get_override_values(config_flag))
     print(format_comparison(summaries))
+  elif command == "sweep":
+    from bitjax.sweep.runner import run_sweep
+    run_sweep(FLAGS.config, FLAGS.workdir, FLAGS.task_index, FLAGS.num_tasks)
+    print(report.analyze(FLAGS.workdir))
+  else:
+    print(report.analyze(FLAGS.workdir))
 
 
 def run():
+  _define_config_flag(sys.argv[1] if len(sys.argv) > 1 else None)
   app.run(main)
 
 

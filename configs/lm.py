@@ -12,6 +12,7 @@ from bitjax.train.config import default_config, parse_config_arg
 # hidden, layers, heads, mlp hidden; CPU sizes use SwiGLU with ~2.7x expansion.
 CPU_SIZES = {
     "nano": (64, 2, 2, 192),
+    "micro": (96, 3, 3, 256),
     "tiny": (128, 4, 4, 384),
     "mini": (192, 4, 6, 512),
     "small": (256, 6, 8, 704),

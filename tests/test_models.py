@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bitjax.models import Decoder, DecoderConfig, count_params, quantized_kernels
+from bitjax.models import (Decoder, DecoderConfig, count_params, quantized_kernels,
+                           train_flops_per_token, weight_memory_bits)
 from bitjax.nn import BitDense
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, mlp_hidden_size=48)
@@ -96,3 +97,23 @@ def test_bad_model_config_names_the_field(fields, message):
 def test_unknown_model_field_is_refused():
   with pytest.raises(ValueError, match="config.model has unknown fields \\['hiden_size'\\]"):
     DecoderConfig.from_mapping({**SMALL, "hiden_size": 3})
+
+
+def test_train_flops_per_token_matches_hand_count():
+  h, f, v, layers, seq = 32, 48, 64, 2, 16
+  cfg = DecoderConfig(**SMALL)
+  forward_matmul = 2 * (layers * (4 * h * h + 3 * h * f) + h * v)
+  forward_attention = layers * 2 * (2 * seq * h)  # scores and weighted sum, 4 heads x 8
+  assert train_flops_per_token(cfg, seq) == 3 * (forward_matmul + forward_attention)
+  gqa = DecoderConfig(**{**SMALL, "num_kv_heads": 1, "mlp_type": "relu2"})
+  assert train_flops_per_token(gqa, seq) == 3 * (
+      2 * (layers * (2 * h * h + 2 * h * 8 + 2 * h * f) + h * v) + forward_attention)
+
+
+def test_weight_memory_counts_quantized_kernels_at_their_bits():
+  fp, ternary, binary = make("bf16"), make("b1.58"), make("1bit")
+  assert weight_memory_bits(fp) == 16 * count_params(fp)["total"]
+  kernels = 2 * (4 * 32 * 32 + 3 * 32 * 48)
+  other = count_params(ternary)["total"] - kernels
+  assert weight_memory_bits(ternary) == pytest.approx(kernels * np.log2(3) + 14 * 32 + 16 * other)
+  assert weight_memory_bits(binary) == pytest.approx(kernels + 14 * 32 + 16 * other)

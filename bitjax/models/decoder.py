@@ -9,6 +9,7 @@ the LM head and the final norm always stay full precision.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -179,9 +180,9 @@ class Decoder(nnx.Module):
 def count_params(model: nnx.Module) -> dict[str, int]:
   """Total parameters and non-embedding parameters (embedding and untied head excluded)."""
   params = nnx.state(model, nnx.Param)
-  total = sum(x.size for x in jax.tree.leaves(params))
-  embedding = model.embed.embedding[...].size
-  head = 0 if model.lm_head is None else model.lm_head.kernel[...].size
+  total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))  # abstract models too
+  embedding = math.prod(model.embed.embedding.get_value().shape)
+  head = 0 if model.lm_head is None else math.prod(model.lm_head.kernel.get_value().shape)
   return {"total": total, "non_embedding": total - embedding - head}
 
 
@@ -192,3 +193,31 @@ def quantized_kernels(model: nnx.Module) -> dict[str, jax.Array]:
     if isinstance(module, BitDense) and module.spec.weight != "none":
       out["/".join(map(str, path))] = module.quantized_kernel()
   return out
+
+
+def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> int:
+  """Training FLOPs per token: 6 x matmul parameters (LM head included) plus attention.
+
+  Forward is 2 FLOPs per matmul weight and 4 * seq * heads * head_dim per layer for
+  the scores and the weighted sum (counted over the full window, as in PaLM's MFU
+  formula); backward is twice the forward.
+  """
+  q_width, kv_width = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
+  mlp_mats = 2 if cfg.mlp_type == "relu2" else 3
+  per_layer = (2 * cfg.hidden_size * q_width + 2 * cfg.hidden_size * kv_width
+               + mlp_mats * cfg.hidden_size * cfg.mlp_hidden_size)
+  matmul_params = cfg.num_layers * per_layer + cfg.hidden_size * cfg.vocab_size
+  return 6 * matmul_params + 12 * cfg.num_layers * seq_len * q_width
+
+
+def weight_memory_bits(model: nnx.Module) -> float:
+  """Bits to store the weights: quantized kernels at their preset's bits per weight
+  (log2(3) for ternary, 1 for sign) plus a float32 scale each; everything else at 16."""
+  quantized = {id(m.kernel): m.spec.weight_bits
+               for _, m in nnx.iter_modules(model)
+               if isinstance(m, BitDense) and m.spec.weight != "none"}
+  bits = 0.0
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    size = var[...].size
+    bits += size * quantized[id(var)] + 32 if id(var) in quantized else 16 * size
+  return bits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from bitjax.quant.quantizers import ACTIVATION_BITS, GRANULARITIES, WEIGHT_METHODS
 
@@ -39,7 +40,7 @@ class QuantSpec:
   @property
   def weight_bits(self) -> float:
     """Information per weight: log2(3) for ternary, 1 for sign, 16 otherwise."""
-    return {"absmean": 1.58, "absmedian": 1.58, "sign": 1.0}.get(self.weight, 16.0)
+    return {"absmean": math.log2(3), "absmedian": math.log2(3), "sign": 1.0}.get(self.weight, 16.0)
 
 
 PRECISIONS: dict[str, QuantSpec] = {

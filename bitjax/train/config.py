@@ -122,25 +122,34 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
-def load_config(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """Load `path/to/file.py[:arg]` via its get_config(arg), then set dotted overrides.
+def call_python_file(spec: str, function: str):
+  """Import `path/to/file.py` from a spec "file.py[:arg]" and return function(arg).
 
-  This is how one config file yields many runs (a precision comparison, a sweep):
-  each run is the file, its argument, and a few overridden fields.
+  Config files (get_config) and sweep files (get_sweep) are loaded this way, by
+  path, so they need not be importable packages.
   """
   import importlib.util
 
   path, _, arg = spec.partition(".py:")
   path = path if path.endswith(".py") else path + ".py"
   if not os.path.isfile(path):
-    raise ValueError(f"config file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(
-      "bitjax_config_" + os.path.basename(path)[:-3].replace(".", "_"), path)
+    raise ValueError(f"file {path!r} (from {spec!r}) does not exist")
+  name = "bitjax_file_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(path))
+  module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path!r} defines no get_config(arg)")
-  config = module.get_config(arg) if arg else module.get_config()
+  if not hasattr(module, function):
+    raise ValueError(f"file {path!r} defines no {function}(arg)")
+  return getattr(module, function)(arg) if arg else getattr(module, function)()
+
+
+def load_config(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """Load `path/to/file.py[:arg]` via its get_config(arg), then set dotted overrides.
+
+  This is how one config file yields many runs (a precision comparison, a sweep):
+  each run is the file, its argument, and a few overridden fields.
+  """
+  config = call_python_file(spec, "get_config")
   for key, value in (overrides or {}).items():
     *parents, leaf = key.split(".")
     node = config

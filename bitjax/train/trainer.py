@@ -17,7 +17,8 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from bitjax.models import Decoder, DecoderConfig, count_params
+from bitjax.models import (Decoder, DecoderConfig, count_params, train_flops_per_token,
+                           weight_memory_bits)
 from bitjax.train.checkpoint import Checkpointer, guard_config
 from bitjax.train.config import check_workdir, validate_config
 from bitjax.train.metrics import MetricWriter, lm_metrics
@@ -67,15 +68,18 @@ def evaluate(eval_fn, params, batches) -> dict[str, float]:
   return lm_metrics(totals["loss_sum"], totals["tokens"], totals["bytes"])
 
 
-def _run_summary(config, model_cfg, params_count, eval_metrics, wall, steps_run, tokens_s,
+def _run_summary(config, model_cfg, model_stats, eval_metrics, wall, steps_run, tokens_s,
                  data_info):
+  tokens = config.train.steps * config.train.batch_size * config.train.seq_len
   return {
       "precision": model_cfg.precision,
       "compute_dtype": jnp.dtype(model_cfg.dtype).name,
-      "params": params_count["total"],
-      "non_embedding_params": params_count["non_embedding"],
+      "params": model_stats["total"],
+      "non_embedding_params": model_stats["non_embedding"],
+      "weight_memory_bits": model_stats["weight_memory_bits"],
       "steps": config.train.steps,
-      "tokens": config.train.steps * config.train.batch_size * config.train.seq_len,
+      "tokens": tokens,
+      "train_flops": float(train_flops_per_token(model_cfg, config.train.seq_len) * tokens),
       "eval_loss": eval_metrics["loss"],
       "eval_perplexity": eval_metrics["perplexity"],
       "eval_bits_per_byte": eval_metrics["bits_per_byte"],
@@ -109,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = make_optimizer(config.optim, tcfg.steps, quantized)
   lr_schedule = learning_rate_schedule(config.optim, tcfg.steps, quantized)
   graphdef, state = init_state(model_cfg, tx, tcfg.seed)
-  params_count = count_params(nnx.merge(graphdef, state.params))
+  model = nnx.merge(graphdef, state.params)
+  model_stats = {**count_params(model), "weight_memory_bits": weight_memory_bits(model)}
 
   train_iter = bitjax_data.make_train_iterator(
       config.data, seq_len=tcfg.seq_len, global_batch_size=tcfg.batch_size, seed=tcfg.seed)
@@ -133,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = MetricWriter(workdir)
   tokens_per_step = tcfg.batch_size * tcfg.seq_len
   bar = tqdm(total=tcfg.steps, initial=start, disable=not tcfg.progress_bar, mininterval=2.0,
-             desc=f"{model_cfg.precision} {params_count['total'] / 1e6:.2f}M", unit="step",
+             desc=f"{model_cfg.precision} {model_stats['total'] / 1e6:.2f}M", unit="step",
              dynamic_ncols=True)
   t_start = t_log = time.perf_counter()
   step_log = start
@@ -165,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_metrics = evaluate(eval_fn, state.params, eval_batches)
   wall = time.perf_counter() - t_start
   steps_run = tcfg.steps - start
-  summary = _run_summary(config, model_cfg, params_count, eval_metrics, wall, steps_run,
+  summary = _run_summary(config, model_cfg, model_stats, eval_metrics, wall, steps_run,
                          steps_run * tokens_per_step / wall, data_info)
   summary["workdir"] = workdir
   with open(summary_path, "w") as f:

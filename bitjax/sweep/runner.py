@@ -1,0 +1,99 @@
+"""Run a sweep: every run in its own sub-workdir, finished runs skipped, others resumed.
+
+A run is finished when WORKDIR/NAME/result.json exists; it is written last, after
+the run's summary, so a killed sweep rerun with the same command trains only what
+is missing and leaves finished results untouched. `--task_index/--num_tasks`
+splits the runs over a job array (or one TPU slice per share).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+from bitjax.sweep.spec import Run, load_sweep
+
+RESULT_FILE = "result.json"
+RESULTS_CSV = "results.csv"
+
+
+def task_share(runs: list[Run], task_index: int, num_tasks: int) -> list[Run]:
+  """The runs of share `task_index` out of `num_tasks` (round robin, stable)."""
+  if num_tasks < 1 or not 0 <= task_index < num_tasks:
+    raise ValueError(f"--task_index={task_index} must be in [0, --num_tasks={num_tasks})")
+  return runs[task_index::num_tasks]
+
+
+def run_one(run: Run, workdir: str) -> dict:
+  """Train `run` in workdir/run.name unless its result exists; returns the result row."""
+  from bitjax.train import train_and_evaluate
+  from bitjax.train.config import load_config
+
+  run_dir = os.path.join(workdir, run.name)
+  result_path = os.path.join(run_dir, RESULT_FILE)
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  config = load_config(run.config, run.overrides)
+  summary = train_and_evaluate(config, run_dir)
+  result = {"name": run.name, **run.labels, **summary, "config_spec": run.config,
+            "overrides": run.overrides, "config": config.to_dict()}
+  tmp = result_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=2, default=str)
+  os.replace(tmp, result_path)
+  return result
+
+
+def run_sweep(sweep_spec: str, workdir: str, task_index: int = 0, num_tasks: int = 1,
+              log=print) -> list[dict]:
+  """Train this task's share of the sweep; returns its result rows in sweep order."""
+  from bitjax.train.config import load_config, validate_config
+
+  runs = load_sweep(sweep_spec)
+  share = task_share(runs, task_index, num_tasks)
+  for run in share:  # every config is checked before the first run trains
+    validate_config(load_config(run.config, run.overrides))
+  os.makedirs(workdir, exist_ok=True)
+  rows = []
+  for i, run in enumerate(share, 1):
+    done = os.path.exists(os.path.join(workdir, run.name, RESULT_FILE))
+    log(f"[{i}/{len(share)}] {run.name}: {'finished earlier' if done else 'training'}")
+    rows.append(run_one(run, workdir))
+  return rows
+
+
+def collect_results(workdir: str) -> list[dict]:
+  """Result rows of every finished run under `workdir`, sorted by name."""
+  if not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir!r} is not a directory")
+  rows = []
+  for name in sorted(os.listdir(workdir)):
+    path = os.path.join(workdir, name, RESULT_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        rows.append(json.load(f))
+  if not rows:
+    raise ValueError(f"no finished runs (*/{RESULT_FILE}) under {workdir!r}")
+  return rows
+
+
+def write_csv(rows: list[dict], path: str) -> str:
+  """The scalar columns of the rows as one CSV table (nested config left out)."""
+  columns = []
+  for row in rows:
+    columns += [k for k, v in row.items()
+                if k not in columns and isinstance(v, (str, int, float, bool))]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def read_curves(workdir: str, names) -> dict[str, list[dict]]:
+  """Each run's metrics.jsonl records, for training-curve plots."""
+  from bitjax.train.metrics import read_metrics
+
+  return {name: read_metrics(os.path.join(workdir, name)) for name in names}

@@ -1,0 +1,65 @@
+"""Scaling sweeps of the decoder LM: `configs/sweeps/lm_scaling.py:PRESET[,seeds=N]`.
+
+Presets:
+  cpu             nano, micro, tiny x bf16, b1.58 (the README main job, ~10 min on 2 cores)
+  cpu_large       nano .. small (45x in non-embedding parameters) x bf16, b1.58, 1bit, at
+                  one token budget per run (experiments/scaling)
+  cpu_chinchilla  nano .. mini x 5, 10, 20, 40 tokens per parameter x bf16, b1.58
+  paper           the BitNet b1.58 shapes 700m .. 3.9b x bf16, b1.58, 100B tokens each
+  paper_chinchilla  700m .. 3b x 10, 20, 40 tokens per parameter x bf16, b1.58
+"""
+
+import functools
+import itertools
+import math
+import os
+
+from flax import nnx
+
+from bitjax.models import Decoder, DecoderConfig, count_params
+from bitjax.sweep.spec import make_runs, product
+from bitjax.train.config import load_config, parse_config_arg
+
+# configs/lm.py, relative to the working directory so results name it portably.
+LM = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lm.py"))
+PRESETS = ("cpu", "cpu_large", "cpu_chinchilla", "paper", "paper_chinchilla")
+
+
+def get_sweep(arg=None):
+  args = parse_config_arg(arg, preset="cpu", seeds=1)
+  if args.preset not in PRESETS:
+    raise ValueError(f"sweep preset {args.preset!r} is not one of {list(PRESETS)}")
+  seeds = list(range(args.seeds))
+  if args.preset == "cpu":
+    items = product(size=["nano", "micro", "tiny"], precision=["bf16", "b1.58"],
+                    **{"train.seed": seeds})
+  elif args.preset == "cpu_large":
+    items = product(size=["nano", "micro", "tiny", "mini", "small"],
+                    precision=["bf16", "b1.58", "1bit"], **{"train.seed": seeds})
+  elif args.preset == "paper":
+    items = product(size=["700m", "1.3b", "3b", "3.9b"], precision=["bf16", "b1.58"],
+                    **{"train.seed": seeds})
+  else:
+    sizes = (["nano", "micro", "tiny", "mini"] if args.preset == "cpu_chinchilla"
+             else ["700m", "1.3b", "3b"])
+    ratios = [5, 10, 20, 40] if args.preset == "cpu_chinchilla" else [10, 20, 40]
+    items = [{"size": size, "precision": precision, "train.seed": seed,
+              "train.steps": steps_for(size, ratio)}
+             for size, ratio, precision, seed in itertools.product(
+                 sizes, ratios, ["bf16", "b1.58"], seeds)]
+  return make_runs(LM, items)
+
+
+def steps_for(size: str, tokens_per_param: int) -> int:
+  """Steps that give `tokens_per_param` training tokens per non-embedding parameter."""
+  config = load_config(f"{LM}:{size}")
+  tokens = tokens_per_param * non_embedding_params(size)
+  return math.ceil(tokens / (config.train.batch_size * config.train.seq_len))
+
+
+@functools.cache
+def non_embedding_params(size: str) -> int:
+  config = load_config(f"{LM}:{size}")
+  model = nnx.eval_shape(lambda: Decoder(DecoderConfig.from_mapping(config.model),
+                                         rngs=nnx.Rngs(0)))
+  return count_params(model)["non_embedding"]
