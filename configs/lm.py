@@ -60,9 +60,9 @@ def _cpu_scale(config, hidden, layers, heads, mlp, *, quantized):
                       mlp_hidden_size=mlp, vocab_size=264, compute_dtype="bfloat16")
   config.train.update(seq_len=256, batch_size=16, steps=300, eval_every=100, eval_batches=8,
                       log_every=20, checkpoint_every=100)
-  # Ternary training wants a higher learning rate than its full-precision twin.
-  config.optim.update(warmup_steps=30, lr=4e-3 if quantized else 2e-3,
-                      stage2_lr=2.5e-3 if quantized else 1e-3)
+  # One peak rate for both at CPU scale (4e-3 beat 2e-3 and 8e-3 for bf16 on nano and micro
+  # in 300-step runs); quantized presets then follow the two-stage recipe down to 2.5e-3.
+  config.optim.update(warmup_steps=30, lr=4e-3, stage2_lr=2.5e-3)
 
 
 def _paper_scale(config, size, quantized):

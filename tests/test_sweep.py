@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bitjax.sweep import runner
+from bitjax.sweep import report, runner
 from bitjax.sweep.spec import Run, check_unique, load_sweep, make_runs, product, zipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +112,12 @@ def test_killed_sweep_reruns_only_what_is_missing(tmp_path, monkeypatch):
   shares = [runner.run_sweep(sweep, workdir, i, 2, log=lambda line: None) for i in range(2)]
   assert [len(s) for s in shares] == [2, 1]  # all finished: read back, nothing trained
   assert len(calls) == 4
+
+  text = report.analyze(workdir)  # one size per precision: a table and notes, no fits
+  assert "nano-1bit" in text and "results.csv" in text
+  for name in ("scaling_params", "scaling_flops", "scaling_memory", "training_curves"):
+    for ext in ("png", "svg"):
+      assert os.path.getsize(os.path.join(workdir, report.PLOTS_DIR, f"{name}.{ext}")) > 1000
 
 
 def test_collect_results_needs_finished_runs(tmp_path):

@@ -17,7 +17,6 @@ import numpy as np
 from scipy import optimize
 
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s delta: residuals beyond 0.1% count linearly.
-MAX_EXPONENT = 10.0
 POWER_LAW = "L = a*N^-alpha + c"
 PURE_POWER_LAW = "L = a*N^-alpha (c = 0)"
 
@@ -58,8 +57,12 @@ class ChinchillaFit:
 
 def _positive_vector(name: str, value) -> np.ndarray:
   x = np.asarray(value, dtype=float)
-  if x.ndim != 1 or not np.all(np.isfinite(x)) or not np.all(x > 0):
-    raise ValueError(f"{name} must be a 1-D sequence of finite positive numbers, got {value!r}")
+  if x.ndim != 1:
+    raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {x.shape}")
+  bad = ~(np.isfinite(x) & (x > 0))
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"{name} must be finite and positive, got {name}[{i}] = {x[i]}")
   return x
 
 
@@ -69,11 +72,13 @@ def _same_length(**arrays) -> None:
     raise ValueError(f"{', '.join(lengths)} must have the same length, got {lengths}")
 
 
-def _check_counts(n_starts, bootstrap) -> None:
+def _check_options(n_starts, bootstrap, huber_delta) -> None:
   if not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
     raise ValueError(f"n_starts must be an integer >= 1, got {n_starts!r}")
   if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
     raise ValueError(f"bootstrap must be an integer >= 0 (0: no intervals), got {bootstrap!r}")
+  if not huber_delta > 0:
+    raise ValueError(f"huber_delta must be > 0, got {huber_delta!r}")
 
 
 def _huber(r: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
@@ -105,20 +110,21 @@ def _log_model(theta: np.ndarray, z: np.ndarray, offset: bool):
 
 
 def _minimise(z, log_loss, offset, starts, delta):
-  """The best L-BFGS-B optimum over `starts`: (theta, summed Huber loss)."""
+  """The best BFGS optimum over `starts`: (theta, summed Huber loss).
+
+  Unbounded on purpose: coefficients live in log space, and a negative exponent (loss that
+  grows with size) is a finding about the sweep that the fit should show, not hide. BFGS
+  rather than L-BFGS-B, whose BLAS calls stall for milliseconds when cores are oversubscribed.
+  The objective is divided by delta so its gradients are O(1) for the default tolerance.
+  """
   def objective(theta):
     pred, jac = _log_model(theta, z, offset)
     value, dr = _huber(pred - log_loss, delta)
-    return value, jac.T @ dr
+    return value / delta, jac.T @ dr / delta
 
-  m = z.shape[1]
-  bounds = [(None, None), (0.0, MAX_EXPONENT)] * m + [(None, None)] * offset
-  best = None
-  for start in starts:
-    result = optimize.minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
-    if best is None or result.fun < best.fun:
-      best = result
-  return best.x, float(best.fun)
+  results = [optimize.minimize(objective, start, jac=True, method="BFGS") for start in starts]
+  best = min(results, key=lambda r: r.fun)
+  return best.x, float(best.fun * delta)
 
 
 def _grid_starts(z, loss, offset, n_starts):
@@ -171,10 +177,12 @@ def fit_power_law(n, loss, *, offset: bool = True, n_starts: int = 25, bootstrap
   power law is a straight line in log-log, the only honest fit to three sizes).
   `n_starts` is about how many starts the grid over (alpha, c) has; bootstrap refits start
   from the full-data optimum. Repeated N (several seeds) are fine and count as points.
+  With only the minimum number of distinct N, every usable resample holds them all and
+  merely reweights them, so no intervals are given.
   """
   n, loss = _positive_vector("n", n), _positive_vector("loss", loss)
   _same_length(n=n, loss=loss)
-  _check_counts(n_starts, bootstrap)
+  _check_options(n_starts, bootstrap, huber_delta)
   needed = 4 if offset else 3
   distinct = len(np.unique(n))
   if distinct < needed:
@@ -197,7 +205,7 @@ def fit_power_law(n, loss, *, offset: bool = True, n_starts: int = 25, bootstrap
     return coefs if offset else {k: coefs[k] for k in ("a", "alpha")}
 
   intervals = _bootstrap(refit, len(n), lambda idx: len(np.unique(n[idx])) >= needed,
-                         bootstrap, seed) if bootstrap else {}
+                         bootstrap, seed) if bootstrap and distinct > needed else {}
   return PowerLawFit(**coefficients(theta), intervals=intervals, num_points=len(n),
                      objective=objective, form=POWER_LAW if offset else PURE_POWER_LAW)
 
@@ -208,11 +216,12 @@ def fit_chinchilla(n, d, loss, *, n_starts: int = 64, bootstrap: int = 200, seed
 
   Needs at least 6 distinct (N, D) points, one more than the coefficients, with at least 2
   distinct N and 2 distinct D, else the two exponents are not identified. `n_starts` is about
-  how many starts the grid over (alpha, beta, E) has.
+  how many starts the grid over (alpha, beta, E) has. As in fit_power_law, intervals need
+  more than the minimum number of distinct points.
   """
   n, d, loss = (_positive_vector(k, v) for k, v in (("n", n), ("d", d), ("loss", loss)))
   _same_length(n=n, d=d, loss=loss)
-  _check_counts(n_starts, bootstrap)
+  _check_options(n_starts, bootstrap, huber_delta)
 
   def counts(idx):
     return len(set(zip(n[idx], d[idx]))), len(np.unique(n[idx])), len(np.unique(d[idx]))
@@ -242,6 +251,257 @@ def fit_chinchilla(n, d, loss, *, n_starts: int = 64, bootstrap: int = 200, seed
   def refit(idx):
     return coefficients(_minimise(z[idx], np.log(loss[idx]), True, [theta], huber_delta)[0])
 
-  intervals = _bootstrap(refit, len(n), enough, bootstrap, seed) if bootstrap else {}
+  intervals = (_bootstrap(refit, len(n), enough, bootstrap, seed)
+               if bootstrap and counts(np.arange(len(n)))[0] > 6 else {})
   return ChinchillaFit(**coefficients(theta), intervals=intervals, num_points=len(n),
                        objective=objective)
+
+
+def matching_param_ratio(fit_ref: PowerLawFit, fit_other: PowerLawFit, n_ref) -> np.ndarray:
+  """N'/N: how many times the parameters fit_other needs to reach fit_ref's loss at each N.
+
+  Solves a' N'^-alpha' + c' = L_ref(N). Where L_ref(N) <= c', the other fit's irreducible
+  loss is already at or above the target and no size reaches it: the ratio is inf there
+  (not nan, so that "never" still sorts above every finite ratio). Below 1: fewer needed.
+  """
+  n = np.asarray(n_ref, dtype=float)
+  if not np.all(np.isfinite(n)) or not np.all(n > 0):
+    raise ValueError(f"n_ref must be finite positive parameter counts, got {n_ref!r}")
+  if not fit_other.alpha > 0:
+    raise ValueError(f"fit_other.alpha must be > 0 to be inverted, got {fit_other.alpha}")
+  gap = fit_ref.predict(n) - fit_other.c
+  reachable = gap > 0
+  log_n_other = (math.log(fit_other.a) - np.log(np.where(reachable, gap, 1.0))) / fit_other.alpha
+  with np.errstate(over="ignore"):
+    return np.where(reachable, np.exp(log_n_other - np.log(n)), np.inf)
+
+
+_ROW_NUMBERS = ("non_embedding_params", "tokens", "train_flops", "weight_memory_bits",
+                "eval_loss")
+
+
+def _row_numbers(row) -> dict[str, float]:
+  """The numeric fields of one run row (CSV strings included), checked finite and positive."""
+  if not isinstance(row, dict):
+    raise ValueError(f"rows must hold dicts (one per run), got {row!r}")
+  missing = [k for k in ("name", "precision", "size", *_ROW_NUMBERS) if k not in row]
+  if missing:
+    raise ValueError(f"rows: run {row.get('name', '?')!r} lacks {missing}")
+  values = {}
+  for key in _ROW_NUMBERS:
+    try:
+      values[key] = float(row[key])
+    except (TypeError, ValueError):
+      values[key] = math.nan
+    if not (math.isfinite(values[key]) and values[key] > 0):
+      raise ValueError(f"rows: run {row['name']!r} has {key}={row[key]!r}; "
+                       f"it must be a finite positive number")
+  return values
+
+
+def _points(rows, reference: str) -> dict[str, list[dict]]:
+  """Per precision (reference first), one point per (size, tokens), ordered by N.
+
+  A point holds the seed means of the row numbers, the seed standard deviation of the
+  loss (`eval_loss_std`, 0 for one seed) for error bars, and the number of seeds.
+  """
+  if not rows:
+    raise ValueError("rows must be a non-empty list of run rows")
+  groups: dict[str, dict[tuple, list[dict]]] = {}
+  for row in rows:
+    values = _row_numbers(row)
+    key = (str(row["size"]), values["tokens"])
+    groups.setdefault(str(row["precision"]), {}).setdefault(key, []).append(values)
+  points = {}
+  for precision in sorted(groups, key=lambda p: p != reference):
+    points[precision] = sorted(
+        ({"size": size, "seeds": len(runs),
+          **{k: float(np.mean([r[k] for r in runs])) for k in _ROW_NUMBERS},
+          "eval_loss_std": float(np.std([r["eval_loss"] for r in runs],
+                                        ddof=1 if len(runs) > 1 else 0))}
+         for (size, _), runs in groups[precision].items()),
+        key=lambda p: (p["non_embedding_params"], p["tokens"]))
+  return points
+
+
+def _largest_budget(points: list[dict]) -> list[dict]:
+  """One point per size: the longest-trained one (an L(N) fit wants one budget per size)."""
+  best = {}
+  for point in points:
+    if point["size"] not in best or point["tokens"] > best[point["size"]]["tokens"]:
+      best[point["size"]] = point
+  return sorted(best.values(), key=lambda p: p["non_embedding_params"])
+
+
+def _fit_sizes(x, loss, bootstrap: int, seed: int):
+  """The power law that the number of sizes allows, and a note when it is not the full one.
+
+  Four or more sizes: a * x^-alpha + c. Three: the pure power law a * x^-alpha (c = 0),
+  since three points cannot pin three coefficients. Fewer: no fit.
+  """
+  sizes = len(np.unique(x))
+  if sizes < 3:
+    return None, f"{sizes} size(s): no fit (a power law needs >= 3 sizes, >= 4 with c)"
+  fit = fit_power_law(x, loss, offset=sizes >= 4, bootstrap=bootstrap, seed=seed)
+  if sizes == 3:
+    return fit, "3 sizes: c fixed at 0 (fitting c as well needs >= 4 sizes)"
+  return fit, None
+
+
+def _equal_memory(precision: str, entry: dict, ref: dict, fit_note: str | None) -> list[dict]:
+  """The precision's predicted loss at each of the reference's measured weight memories."""
+  fit = entry["memory_fit"]
+  memory = np.asarray(entry["weight_memory_bits"])
+  records = []
+  for size, bits, ref_loss in zip(ref["sizes"], ref["weight_memory_bits"], ref["eval_loss"]):
+    loss = float(fit.predict(bits)) if fit else math.nan
+    records.append({
+        "precision": precision, "reference": ref["reference"], "size": size,
+        "weight_memory_bits": bits, "reference_loss": ref_loss, "loss": loss,
+        "loss_ratio": loss / ref_loss,
+        "extrapolated": not memory.min() <= bits <= memory.max(),
+        "fit": fit.form if fit else fit_note})
+  return records
+
+
+def summarize(rows, reference: str = "bf16", *, bootstrap: int = 200, seed: int = 0) -> dict:
+  """Per precision: seed-averaged points per size, power-law fits, and ratios to `reference`.
+
+  The fits use non-embedding parameters N, as Kaplan et al. and DESIGN.md do: embeddings
+  (and here the LM head) stay full precision at every preset, so N counts exactly the
+  weights whose precision the sweep varies, and its power laws come out cleaner.
+  Each entry holds:
+    sizes, non_embedding_params, tokens, train_flops, weight_memory_bits, eval_loss,
+      eval_loss_std, seeds: per size (seed means; with several token budgets, the largest);
+    fit: PowerLawFit of loss against N, or None (see notes);
+    memory_fit: PowerLawFit of loss against weight_memory_bits (no intervals), or None;
+    chinchilla: ChinchillaFit of L(N, D) when some size has several token budgets, else None;
+    loss_ratio: {size: loss / reference loss} for the sizes both precisions have;
+    matching_ratio: {reference size: N'/N} from matching_param_ratio (inf: never matches);
+    equal_memory: equal_memory_comparison's records for this precision;
+    notes: why a fit is missing or reduced, in words.
+  A precision with too few sizes gets notes instead of an error, so small sweeps still report.
+  """
+  summary = {}
+  for precision, all_points in _points(rows, reference).items():  # reference first
+    per_size = _largest_budget(all_points)
+    entry = {"reference": reference, "sizes": [p["size"] for p in per_size]}
+    for key in (*_ROW_NUMBERS, "eval_loss_std", "seeds"):
+      entry[key] = [p[key] for p in per_size]
+    n, memory, loss = (np.asarray(entry[k]) for k in
+                       ("non_embedding_params", "weight_memory_bits", "eval_loss"))
+    entry["fit"], note = _fit_sizes(n, loss, bootstrap, seed)
+    entry["memory_fit"], _ = _fit_sizes(memory, loss, 0, seed)  # same sizes, same note
+    notes = [note] if note else []
+    entry.update(chinchilla=None, loss_ratio={}, matching_ratio={}, equal_memory=[], notes=notes)
+    summary[precision] = entry
+    if len(all_points) > len(per_size):
+      notes.append("several token budgets per size: L(N) uses each size's largest")
+      try:
+        entry["chinchilla"] = fit_chinchilla(*([p[k] for p in all_points] for k in (
+            "non_embedding_params", "tokens", "eval_loss")), bootstrap=bootstrap, seed=seed)
+      except ValueError as e:
+        notes.append(f"L(N, D): {e}")
+
+    ref = summary.get(reference)
+    if precision == reference:
+      continue
+    if ref is None:
+      notes.append(f"no ratios: the reference precision {reference!r} is not in rows")
+      continue
+    ref_loss = dict(zip(ref["sizes"], ref["eval_loss"]))
+    entry["loss_ratio"] = {size: value / ref_loss[size]
+                           for size, value in zip(entry["sizes"], entry["eval_loss"])
+                           if size in ref_loss}
+    if ref["fit"] and entry["fit"] and entry["fit"].alpha > 0:
+      ratios = matching_param_ratio(ref["fit"], entry["fit"], ref["non_embedding_params"])
+      entry["matching_ratio"] = dict(zip(ref["sizes"], map(float, ratios)))
+    else:
+      notes.append(f"no matching ratio: it needs fits with alpha > 0 for both {precision} "
+                   f"and {reference}")
+    entry["equal_memory"] = _equal_memory(precision, entry, ref, note)
+  return summary
+
+
+def equal_memory_comparison(rows, reference: str = "bf16") -> list[dict]:
+  """Who wins at equal weight memory: each precision's loss at the reference's memory points.
+
+  Per precision, loss is fitted as a power law in weight_memory_bits (seed means; see
+  summarize for the sizes a fit needs), and evaluated at every weight memory the reference
+  precision measured. One dict per (precision, reference size), reference excluded:
+    precision, reference, size (the reference's), weight_memory_bits, reference_loss
+    (measured), loss (the precision's fit there; nan without a fit), loss_ratio
+    (loss / reference_loss: below 1, the precision wins at that memory), extrapolated
+    (the memory lies outside the precision's measured range), fit (its form, or why none).
+  """
+  summary = summarize(rows, reference, bootstrap=0)
+  if reference not in summary:
+    raise ValueError(f"reference={reference!r} is not a precision in rows; "
+                     f"they have {list(summary)}")
+  return [record for entry in summary.values() for record in entry["equal_memory"]]
+
+
+def _count(x: float) -> str:
+  for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.3g}{unit}"
+  return f"{x:.3g}"
+
+
+def _with_interval(fit, name: str) -> str:
+  value = f"{getattr(fit, name):.4g}"
+  if name not in fit.intervals:
+    return value
+  lo, hi = fit.intervals[name]
+  return f"{value} [{lo:.3g}, {hi:.3g}]"
+
+
+WIDTHS = ("<10", "<14", ">8", ">9", ">17", ">9", ">8", ">8")  # format_summary's table
+
+
+def format_summary(summary: dict) -> str:
+  """A plain-text report: fitted exponents with 95% intervals, then ratios per size."""
+  if not summary:
+    raise ValueError("summary must be a non-empty summarize() result")
+  reference = next(iter(summary.values()))["reference"]
+  lines = ["Scaling fits: eval loss (nats/token) vs non-embedding parameters N, seeds averaged; "
+           "[95% bootstrap interval] where there are more sizes than the fit's minimum"]
+  for precision, entry in summary.items():
+    fit = entry["fit"]
+    head = f"  {precision:<14}{len(entry['sizes'])} sizes  "
+    if fit is None:
+      lines.append(head + "no fit")
+      continue
+    names = ("alpha", "a", "c") if fit.form == POWER_LAW else ("alpha", "a")
+    lines.append(head + f"{fit.form}: " + ", ".join(f"{k} {_with_interval(fit, k)}"
+                                                    for k in names))
+    if entry["chinchilla"]:
+      lines.append(f"  {'':<14}L(N, D) = E + A/N^alpha + B/D^beta: " + ", ".join(
+          f"{k} {_with_interval(entry['chinchilla'], k)}" for k in ("E", "alpha", "beta")))
+  for precision, entry in summary.items():
+    lines.extend(f"  note ({precision}): {note}" for note in entry["notes"])
+
+  lines += ["", f"Per size: loss = seed mean +- std over seeds; /{reference} = loss ratio; "
+            f"N'/N = parameters needed to match {reference}'s loss (inf: never); "
+            f"mem = loss ratio at {reference}'s weight memory (* extrapolated)"]
+  columns = ("size", "precision", "N", "tokens", "loss", "/" + reference, "N'/N", "mem")
+  header = "  " + "".join(f"{c:{w}}" for c, w in zip(columns, WIDTHS))
+  lines += [header, "  " + "-" * (len(header) - 2)]
+  ref_sizes = next(iter(summary.values()))["sizes"]
+  sizes = ref_sizes + [s for e in summary.values() for s in e["sizes"] if s not in ref_sizes]
+  for size in dict.fromkeys(sizes):
+    for precision, entry in summary.items():
+      if size not in entry["sizes"]:
+        continue
+      i = entry["sizes"].index(size)
+      memory = {r["size"]: r for r in entry["equal_memory"]}.get(size)
+      cells = [f"{entry['loss_ratio'][size]:.3f}" if size in entry["loss_ratio"] else "",
+               f"{entry['matching_ratio'][size]:.3g}" if size in entry["matching_ratio"] else "",
+               f"{memory['loss_ratio']:.3f}{'*' if memory['extrapolated'] else ''}"
+               if memory and not math.isnan(memory["loss"]) else ""]
+      loss = f"{entry['eval_loss'][i]:.4f}" + (
+          f" +-{entry['eval_loss_std'][i]:.4f}" if entry["seeds"][i] > 1 else " " * 8)
+      cells = [size, precision, _count(entry["non_embedding_params"][i]),
+               _count(entry["tokens"][i]), loss, *cells]
+      lines.append("  " + "".join(f"{c:{w}}" for c, w in zip(cells, WIDTHS)))
+  return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Scaling sweeps of the decoder LM: `configs/sweeps/lm_scaling.py:PRESET[,seeds=N]`.
 
 Presets:
-  cpu             nano, micro, tiny x bf16, b1.58 (the README main job, ~10 min on 2 cores)
-  cpu_large       nano .. small (45x in non-embedding parameters) x bf16, b1.58, 1bit, at
-                  one token budget per run (experiments/scaling)
+  cpu             nano, micro, tiny x bf16, b1.58 (the README main job)
+  cpu_large       nano .. small (45x in non-embedding parameters) x bf16, b1.58, 1bit
+                  (experiments/scaling)
+                  Both train every run for 300 steps of 16 x 128 bytes (0.61M tokens).
   cpu_chinchilla  nano .. mini x 5, 10, 20, 40 tokens per parameter x bf16, b1.58
   paper           the BitNet b1.58 shapes 700m .. 3.9b x bf16, b1.58, 100B tokens each
   paper_chinchilla  700m .. 3b x 10, 20, 40 tokens per parameter x bf16, b1.58
@@ -30,12 +31,13 @@ def get_sweep(arg=None):
   if args.preset not in PRESETS:
     raise ValueError(f"sweep preset {args.preset!r} is not one of {list(PRESETS)}")
   seeds = list(range(args.seeds))
-  if args.preset == "cpu":
-    items = product(size=["nano", "micro", "tiny"], precision=["bf16", "b1.58"],
+  if args.preset in ("cpu", "cpu_large"):
+    large = args.preset == "cpu_large"
+    items = product(size=["nano", "micro", "tiny", *(["mini", "small"] if large else [])],
+                    precision=["bf16", "b1.58", *(["1bit"] if large else [])],
                     **{"train.seed": seeds})
-  elif args.preset == "cpu_large":
-    items = product(size=["nano", "micro", "tiny", "mini", "small"],
-                    precision=["bf16", "b1.58", "1bit"], **{"train.seed": seeds})
+    # Half-length windows keep CPU sweeps short; the cpu runs are a subset of cpu_large.
+    return make_runs(LM, items, shared={"train.seq_len": 128})
   elif args.preset == "paper":
     items = product(size=["700m", "1.3b", "3b", "3.9b"], precision=["bf16", "b1.58"],
                     **{"train.seed": seeds})

@@ -1,0 +1,221 @@
+"""Scaling and training-curve plots for sweeps, written as PNG and SVG.
+
+Figures are built with matplotlib.figure.Figure, which renders through Agg without touching
+pyplot's global backend or figure registry, so plotting is safe inside a training process.
+Every plot draws a precision in the same colour and marker (STYLES).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+STYLES = {  # precision: (colour, marker); full precision in blues, quantized in warm tones
+    "fp32": ("#08306b", "v"),
+    "bf16": ("#1f77b4", "o"),
+    "fp16": ("#6baed6", "P"),
+    "b1.58": ("#d62728", "s"),
+    "b1.58-median": ("#9467bd", "D"),
+    "1bit": ("#2ca02c", "^"),
+}
+OTHER_STYLES = [("#8c564b", "X"), ("#e377c2", "<"), ("#7f7f7f", ">"), ("#bcbd22", "h"),
+                ("#17becf", "*")]
+FIGSIZE = (7.5, 5.0)  # inches; at DPI, 1125 x 750 pixels
+CURVES_FIGSIZE = (13.0, 5.0)  # two panels; 1950 x 750 pixels
+DPI = 150
+EMA = 0.6  # train-loss smoothing: light, so spikes still show
+
+
+def _styles(precisions) -> dict[str, tuple[str, str]]:
+  """STYLES for the known precisions, OTHER_STYLES in order of appearance for the rest."""
+  precisions = list(dict.fromkeys(precisions))
+  unknown = [p for p in precisions if p not in STYLES]
+  extra = {p: OTHER_STYLES[i % len(OTHER_STYLES)] for i, p in enumerate(unknown)}
+  return {p: STYLES.get(p) or extra[p] for p in precisions}
+
+
+def _table_order(precision: str) -> int:
+  return list(STYLES).index(precision) if precision in STYLES else len(STYLES)
+
+
+def _save(fig: Figure, out_dir: str, name: str) -> list[str]:
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "svg")]
+  for path in paths:
+    fig.savefig(path, dpi=DPI)
+  return paths
+
+
+def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
+  ax.set_title(title)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(True, which="major", alpha=0.35)
+  ax.grid(True, which="minor", alpha=0.12)
+
+
+def _plain_log_y(ax) -> None:
+  """Log y with evenly stepped plain-number ticks: losses often span less than a factor of
+  two, where decade ticks would leave the axis unlabelled."""
+  ax.set_yscale("log")
+  ax.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+  ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+  ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _fit_label(precision: str, fit, note: str) -> str:
+  if fit is None:
+    return f"{precision} (no fit: {note})"
+  alpha = f"α = {fit.alpha:.3f}"
+  if "alpha" in fit.intervals:
+    lo, hi = fit.intervals["alpha"]
+    alpha += f" [{lo:.3f}, {hi:.3f}]"
+  tail = f", c = {fit.c:.3g}" if fit.c else ", c = 0"
+  return f"{precision}: {alpha}{tail}"
+
+
+def _scaling_figure(rows, summary, x_key, fit_key, title, xlabel, name, out_dir) -> list[str]:
+  """Seed means with seed-spread error bars, single runs faintly, fits dashed (if fit_key)."""
+  fig = Figure(figsize=FIGSIZE, layout="constrained")
+  ax = fig.add_subplot()
+  styles = _styles(summary)
+  handles = []
+  for precision, entry in summary.items():
+    color, marker = styles[precision]
+    runs = [r for r in rows if str(r["precision"]) == precision]
+    ax.scatter([float(r[x_key]) for r in runs], [float(r["eval_loss"]) for r in runs],
+               s=10, color=color, alpha=0.3, linewidths=0, zorder=2)
+    x = np.asarray(entry[x_key])
+    ax.errorbar(x, entry["eval_loss"], yerr=entry["eval_loss_std"], color=color, marker=marker,
+                markersize=6, capsize=3, linestyle="none" if fit_key else "-", linewidth=1,
+                zorder=3)
+    if fit_key is None:
+      handles.append(Line2D([], [], color=color, marker=marker, label=precision))
+      continue
+    fit = entry[fit_key]
+    if fit is not None:
+      grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 200)
+      ax.plot(grid, fit.predict(grid), color=color, linestyle="--", linewidth=1.4, zorder=1)
+    note = f"{len(x)} size{'s' * (len(x) != 1)}"
+    handles.append(Line2D([], [], color=color, marker=marker, linestyle="--",
+                          label=_fit_label(precision, fit, note)))
+  ax.set_xscale("log")
+  _plain_log_y(ax)
+  _decorate(ax, title, xlabel, "eval loss (nats/token)")
+  ax.legend(handles=handles, fontsize=8.5, framealpha=0.9)
+  return _save(fig, out_dir, name)
+
+
+def plot_scaling(rows, summary: dict, out_dir: str) -> list[str]:
+  """Loss against non-embedding parameters, training FLOPs and weight memory, per precision.
+
+  `summary` is bitjax.sweep.fit.summarize(rows): its seed means and spreads give the points
+  and error bars, its fits the dashed curves (alpha and its 95% interval in the legend);
+  `rows` add every single run as a faint dot. Returns the PNG and SVG paths.
+  """
+  if not summary:
+    raise ValueError("summary must be a non-empty summarize() result")
+  reduced = any(e["fit"] is not None and not e["fit"].c for e in summary.values())
+  title = "Eval loss vs model size" + ("  (dashed: power-law fits; c = 0 where 3 sizes)"
+                                       if reduced else "  (dashed: power-law fits)")
+  return [
+      *_scaling_figure(rows, summary, "non_embedding_params", "fit", title,
+                       "non-embedding parameters N", "scaling_params", out_dir),
+      *_scaling_figure(rows, summary, "train_flops", None, "Eval loss vs training compute",
+                       "training compute (FLOPs)", "scaling_flops", out_dir),
+      *_scaling_figure(rows, summary, "weight_memory_bits", "memory_fit",
+                       "Eval loss vs weight memory  (dashed: power-law fits)",
+                       "weight memory (bits)", "scaling_memory", out_dir),
+  ]
+
+
+def _ema(values: np.ndarray, decay: float) -> np.ndarray:
+  """Bias-corrected exponential moving average (the first points are not pulled to zero)."""
+  out = np.empty_like(values)
+  acc = 0.0
+  for i, v in enumerate(values):
+    acc = decay * acc + (1 - decay) * v
+    out[i] = acc / (1 - decay ** (i + 1))
+  return out
+
+
+def _series(name: str, records: list[dict], split: str) -> tuple[np.ndarray, np.ndarray]:
+  picked = [r for r in records if r.get("split") == split and "loss" in r]
+  if any("step" not in r for r in picked):
+    raise ValueError(f"curves[{name!r}]: every {split} record needs a 'step'")
+  picked.sort(key=lambda r: r["step"])
+  return (np.array([r["step"] for r in picked], dtype=float),
+          np.array([r["loss"] for r in picked], dtype=float))
+
+
+def _run_labels(names, rows) -> dict[str, tuple[str, str, float]]:
+  """Run name -> (precision, label, size order) from rows, or guessed from the name.
+
+  Without rows a run's precision is the longest STYLES name inside its run name, and runs
+  of one precision are shaded in name order.
+  """
+  by_name = {str(r["name"]): r for r in rows or ()}
+  labels = {}
+  for order, name in enumerate(sorted(names)):
+    if name in by_name:
+      row = by_name[name]
+      labels[name] = (str(row["precision"]), f"{row['precision']} {row['size']}",
+                      float(row["non_embedding_params"]))
+    else:
+      known = [p for p in STYLES if p in name]
+      labels[name] = (max(known, key=len) if known else name, name, float(order))
+  return labels
+
+
+def _shade(color: str, rank: int, count: int) -> tuple:
+  """The precision's colour, lightened for smaller sizes (rank 0) and full for the largest."""
+  lighten = 0.6 * (1 - rank / (count - 1)) if count > 1 else 0.0
+  rgb = np.array(mcolors.to_rgb(color))
+  return tuple(rgb + (1 - rgb) * lighten)
+
+
+def plot_training_curves(curves: dict[str, list[dict]], out_dir: str, rows=None) -> list[str]:
+  """Train loss (EMA-smoothed) and eval loss against step, side by side.
+
+  `curves` maps run names to their metrics.jsonl records. Colour is the precision; within
+  a precision, smaller sizes are lighter. `rows` (the sweep's rows) name each run's precision
+  and size; without them they are guessed from the run names. Seeds of one size share a
+  legend entry. Returns the PNG and SVG paths.
+  """
+  if not curves:
+    raise ValueError("curves must map at least one run name to its metrics records")
+  labels = _run_labels(curves, rows)
+  styles = _styles(p for p, _, _ in labels.values())
+  sizes = {}  # precision (STYLES order first) -> {label: size order}
+  for precision, label, order in sorted(labels.values(), key=lambda v: _table_order(v[0])):
+    sizes.setdefault(precision, {})[label] = order
+  ranks = {p: {label: i for i, label in enumerate(sorted(by, key=by.get))}
+           for p, by in sizes.items()}
+
+  fig = Figure(figsize=CURVES_FIGSIZE, layout="constrained")
+  train_ax, eval_ax = fig.subplots(1, 2, sharey=True)
+  handles = {}
+  for name in sorted(curves, key=lambda n: (list(sizes).index(labels[n][0]), labels[n][2])):
+    precision, label, _ = labels[name]
+    color = _shade(styles[precision][0], ranks[precision][label], len(ranks[precision]))
+    steps, loss = _series(name, curves[name], "train")
+    if len(steps):
+      train_ax.plot(steps, _ema(loss, EMA), color=color, linewidth=1.3)
+    steps, loss = _series(name, curves[name], "eval")
+    if len(steps):
+      eval_ax.plot(steps, loss, color=color, marker=styles[precision][1], markersize=4,
+                   linewidth=1.3)
+    handles.setdefault(label, Line2D([], [], color=color, marker=styles[precision][1],
+                                     label=label))
+  for ax in (train_ax, eval_ax):
+    _plain_log_y(ax)
+  _decorate(train_ax, f"Training loss (EMA {EMA})", "step", "loss (nats/token)")
+  _decorate(eval_ax, "Evaluation loss", "step", "loss (nats/token)")
+  eval_ax.tick_params(labelleft=True)
+  fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=8.5)
+  return _save(fig, out_dir, "training_curves")
