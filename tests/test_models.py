@@ -117,3 +117,14 @@ def test_weight_memory_counts_quantized_kernels_at_their_bits():
   other = count_params(ternary)["total"] - kernels
   assert weight_memory_bits(ternary) == pytest.approx(kernels * np.log2(3) + 14 * 32 + 16 * other)
   assert weight_memory_bits(binary) == pytest.approx(kernels + 14 * 32 + 16 * other)
+
+
+def test_model_packages_do_not_import_the_data_stack():
+  """The GPU machine has no TFDS, grain or ml_collections: quant, nn, models must not need them."""
+  import subprocess
+  import sys
+  code = ("import sys, bitjax.quant, bitjax.nn, bitjax.models; "
+          "print(sorted(m for m in sys.modules "
+          "if m.split('.')[0] in ('tensorflow_datasets', 'grain', 'ml_collections')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
