@@ -244,3 +244,25 @@ def test_compare_trains_each_precision_once_and_tabulates(data_dir, tmp_path):
   with pytest.raises(ValueError, match="precision='b9'"):
     compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path / "bad"), ["bf16", "b9"], overrides)
   assert not (tmp_path / "bad" / "bf16").exists()  # nothing trained before the refusal
+
+
+@pytest.mark.parametrize("device_kind, peak", [
+    ("TPU v5 lite", 197.0), ("TPU v5p", 459.0), ("TPU v4", 275.0), ("TPU v6 lite", 918.0),
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA H200", 989.0),
+    ("cpu", None)])
+def test_throughput_metrics_and_mfu(device_kind, peak):
+  from bitjax.train.metrics import throughput_metrics
+  out = throughput_metrics(tokens_per_s=1e5, flops_per_token=6e9, num_devices=4,
+                           device_kind=device_kind)
+  assert out["tflops_per_device"] == pytest.approx(1e5 * 6e9 / 4 / 1e12)
+  if peak is None:
+    assert "mfu" not in out
+  else:
+    assert out["mfu"] == pytest.approx(150.0 / peak)
+
+
+def test_logged_throughput(trained):
+  _, workdir, _ = trained["bf16"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    train = [r for r in map(json.loads, f) if r["split"] == "train"]
+  assert all(r["tflops_per_device"] > 0 and r["tokens_per_s"] > 0 for r in train)

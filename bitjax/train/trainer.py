@@ -21,7 +21,7 @@ from bitjax.models import (Decoder, DecoderConfig, count_params, train_flops_per
                            weight_memory_bits)
 from bitjax.train.checkpoint import Checkpointer, guard_config
 from bitjax.train.config import check_workdir, validate_config
-from bitjax.train.metrics import MetricWriter, lm_metrics
+from bitjax.train.metrics import MetricWriter, lm_metrics, throughput_metrics
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
 
 
@@ -137,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_fn = jax.jit(functools.partial(eval_step, graphdef, bytes_per_token))
   writer = MetricWriter(workdir)
   tokens_per_step = tcfg.batch_size * tcfg.seq_len
+  flops_per_token = train_flops_per_token(model_cfg, tcfg.seq_len)
   bar = tqdm(total=tcfg.steps, initial=start, disable=not tcfg.progress_bar, mininterval=2.0,
              desc=f"{model_cfg.precision} {model_stats['total'] / 1e6:.2f}M", unit="step",
              dynamic_ncols=True)
@@ -152,7 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         now = time.perf_counter()
         tokens_s = (step - step_log) * tokens_per_step / (now - t_log)
         t_log, step_log = now, step
-        writer.write(step, "train", {**metrics, "tokens_per_s": tokens_s})
+        writer.write(step, "train", {**metrics, **throughput_metrics(
+            tokens_s, flops_per_token, jax.device_count(), jax.devices()[0].device_kind)})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_s:,.0f}")
       if step % tcfg.eval_every == 0 or step == tcfg.steps:
         eval_metrics = evaluate(eval_fn, state.params, eval_batches)
