@@ -25,20 +25,20 @@ def task_share(runs: list[Run], task_index: int, num_tasks: int) -> list[Run]:
   return runs[task_index::num_tasks]
 
 
-def run_one(run: Run, workdir: str) -> dict:
-  """Train `run` in workdir/run.name unless its result exists; returns the result row."""
+def _read_result(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def train_run(run: Run, config, workdir: str) -> dict:
+  """Train `run` with its loaded `config` in workdir/run.name; writes and returns its row."""
   from bitjax.train import train_and_evaluate
-  from bitjax.train.config import load_config
 
   run_dir = os.path.join(workdir, run.name)
-  result_path = os.path.join(run_dir, RESULT_FILE)
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      return json.load(f)
-  config = load_config(run.config, run.overrides)
   summary = train_and_evaluate(config, run_dir)
   result = {"name": run.name, **run.labels, **summary, "config_spec": run.config,
             "overrides": run.overrides, "config": config.to_dict()}
+  result_path = os.path.join(run_dir, RESULT_FILE)
   tmp = result_path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(result, f, indent=2, default=str)
@@ -48,19 +48,26 @@ def run_one(run: Run, workdir: str) -> dict:
 
 def run_sweep(sweep_spec: str, workdir: str, task_index: int = 0, num_tasks: int = 1,
               log=print) -> list[dict]:
-  """Train this task's share of the sweep; returns its result rows in sweep order."""
+  """Train this task's share of the sweep; returns its result rows in sweep order.
+
+  Finished runs are read back; the configs of the others are all loaded and checked
+  before the first one trains.
+  """
   from bitjax.train.config import load_config, validate_config
 
-  runs = load_sweep(sweep_spec)
-  share = task_share(runs, task_index, num_tasks)
-  for run in share:  # every config is checked before the first run trains
-    validate_config(load_config(run.config, run.overrides))
+  share = task_share(load_sweep(sweep_spec), task_index, num_tasks)
+  result_path = lambda run: os.path.join(workdir, run.name, RESULT_FILE)
+  pending = {run.name: load_config(run.config, run.overrides)
+             for run in share if not os.path.exists(result_path(run))}
+  for config in pending.values():
+    validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   rows = []
   for i, run in enumerate(share, 1):
-    done = os.path.exists(os.path.join(workdir, run.name, RESULT_FILE))
-    log(f"[{i}/{len(share)}] {run.name}: {'finished earlier' if done else 'training'}")
-    rows.append(run_one(run, workdir))
+    log(f"[{i}/{len(share)}] {run.name}: "
+        f"{'training' if run.name in pending else 'finished earlier'}")
+    rows.append(train_run(run, pending[run.name], workdir) if run.name in pending
+                else _read_result(result_path(run)))
   return rows
 
 
@@ -72,8 +79,7 @@ def collect_results(workdir: str) -> list[dict]:
   for name in sorted(os.listdir(workdir)):
     path = os.path.join(workdir, name, RESULT_FILE)
     if os.path.exists(path):
-      with open(path) as f:
-        rows.append(json.load(f))
+      rows.append(_read_result(path))
   if not rows:
     raise ValueError(f"no finished runs (*/{RESULT_FILE}) under {workdir!r}")
   return rows
