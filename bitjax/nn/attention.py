@@ -1,4 +1,9 @@
-"""Causal self-attention with RoPE and grouped-query heads, on BitDense projections."""
+"""Attention with RoPE and grouped-query heads, on BitDense projections.
+
+Causal self-attention by default (the decoder); `causal=False` with a key
+padding mask gives bidirectional encoder attention, and a `context` gives
+cross-attention (keys and values from the encoder, no rotary positions).
+"""
 
 from __future__ import annotations
 
@@ -22,13 +27,17 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 class Attention(nnx.Module):
   """q, k, v, o projections are BitDense layers; with a quantized spec each
-  normalises its own input (so the block needs no pre-attention norm)."""
+  normalises its own input (so the block needs no pre-attention norm).
+
+  `rope_theta=None` leaves positions out (cross-attention, where query and key
+  positions index different sequences).
+  """
 
   def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               spec: QuantSpec, norm: str | None, norm_eps: float, rope_theta: float,
-               dtype, rngs: nnx.Rngs):
+               spec: QuantSpec, norm: str | None, norm_eps: float, rope_theta: float | None,
+               dtype, rngs: nnx.Rngs, causal: bool = True):
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-    self.rope_theta = rope_theta
+    self.rope_theta, self.causal = rope_theta, causal
     dense = dict(spec=spec, norm=norm, norm_eps=norm_eps, dtype=dtype, rngs=rngs)
     self.q_proj = BitDense(hidden_size, num_heads * head_dim, kernel_axes=("embed", "heads"), **dense)
     self.k_proj = BitDense(hidden_size, num_kv_heads * head_dim, kernel_axes=("embed", "kv_heads"),
@@ -37,11 +46,19 @@ class Attention(nnx.Module):
                            **dense)
     self.o_proj = BitDense(num_heads * head_dim, hidden_size, kernel_axes=("heads", "embed"), **dense)
 
-  def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array | None = None, *,
+               context: jax.Array | None = None,
+               key_mask: jax.Array | None = None) -> jax.Array:
+    """x [batch, seq, hidden]; keys and values come from `context` [batch, keys, hidden]
+    when given, else from x. `key_mask` [batch, keys] is False at padding."""
     *lead, seq, _ = x.shape
+    source = x if context is None else context
+    keys = source.shape[-2]
     q = self.q_proj(x).reshape(*lead, seq, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(*lead, seq, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(*lead, seq, self.num_kv_heads, self.head_dim)
-    q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    k = self.k_proj(source).reshape(*lead, keys, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(source).reshape(*lead, keys, self.num_kv_heads, self.head_dim)
+    if self.rope_theta is not None:
+      q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+    mask = None if key_mask is None else key_mask[..., None, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
     return self.o_proj(out.reshape(*lead, seq, self.num_heads * self.head_dim))

@@ -1,0 +1,115 @@
+"""What every model shares about precision: the `config.model` fields that pick a
+preset from the one table (`bitjax.quant.PRECISIONS`), and the forward-pass
+weights and weight memory a preset implies.
+
+Every model config (decoder, mlp, gnn, encoder, encdec) is a `ModelConfig`
+subclass, so the precision fields, their validation and `from_mapping` exist
+once; a model turns `cfg.spec` into BitDense layers the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from flax import nnx
+
+from bitjax.nn import NORM_TYPES, BitDense, resolve_dtype
+from bitjax.nn.params import DTYPES
+from bitjax.quant import PRECISIONS, QuantSpec, resolve_precision
+
+COMPUTE_DTYPES = ("auto", *DTYPES)
+
+
+def field_error(field: str, value, requirement: str) -> ValueError:
+  """The one message format for a bad model field: `config.model.X=value requirement`."""
+  return ValueError(f"config.model.{field}={value!r} {requirement}")
+
+
+def check_positive_ints(cfg, *names: str) -> None:
+  for name in names:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise field_error(name, value, "must be a positive integer")
+
+
+def check_one_of(cfg, name: str, allowed) -> None:
+  value = getattr(cfg, name)
+  if value not in allowed:
+    raise field_error(name, value, f"is not one of {list(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The precision fields of `config.model`; subclasses add the architecture."""
+
+  precision: str = "bf16"
+  weight_quant: str | None = None  # None: the preset's; else one of WEIGHT_METHODS
+  act_bits: int | None = None  # None: the preset's; 0: no activation quantization
+  act_granularity: str | None = None  # None: the preset's; "token" or "tensor"
+  norm: str = "rms"
+  norm_eps: float = 1e-6
+  compute_dtype: str = "auto"  # auto: the preset's dtype, else bf16 on accelerators / f32 on CPU
+
+  def __post_init__(self):
+    check_one_of(self, "norm", NORM_TYPES)
+    check_one_of(self, "compute_dtype", COMPUTE_DTYPES)
+    check_one_of(self, "precision", PRECISIONS)
+    try:
+      self.spec
+    except ValueError as e:
+      raise ValueError(f"config.model.{e}") from None
+
+  @classmethod
+  def from_mapping(cls, fields: Mapping[str, Any]):
+    """From `config.model` (a ConfigDict or dict); unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"config.model has unknown fields {unknown}; known: {sorted(known)}")
+    return cls(**dict(fields))
+
+  @property
+  def spec(self) -> QuantSpec:
+    return resolve_precision(self.precision, weight_quant=self.weight_quant,
+                             act_bits=self.act_bits, act_granularity=self.act_granularity)
+
+  @property
+  def dtype(self):
+    if self.compute_dtype == "auto" and self.spec.compute_dtype is not None:
+      return resolve_dtype(self.spec.compute_dtype)
+    return resolve_dtype(self.compute_dtype)
+
+  @property
+  def inner_norm(self) -> str | None:
+    """The norm a BitDense carries: the configured one when quantized, else none
+    (full-precision models keep their usual pre-norms instead)."""
+    return self.norm if self.spec.quantized else None
+
+  def dense_kwargs(self) -> dict:
+    """BitDense arguments shared by every projection of a model with this config."""
+    return dict(spec=self.spec, norm=self.inner_norm, norm_eps=self.norm_eps, dtype=self.dtype)
+
+
+def quantized_kernels(model: nnx.Module) -> dict[str, jax.Array]:
+  """The forward-pass weights of every quantized BitDense, keyed by path."""
+  out = {}
+  for path, module in nnx.iter_modules(model):
+    if isinstance(module, BitDense) and module.spec.weight != "none":
+      out["/".join(map(str, path))] = module.quantized_kernel()
+  return out
+
+
+def weight_memory_bits(model: nnx.Module) -> float:
+  """Bits to store the weights: quantized kernels at their preset's bits per weight
+  (log2(3) for ternary, 1 for sign) plus a float32 scale each; everything else at 16."""
+  quantized = {id(m.kernel): m.spec.weight_bits
+               for _, m in nnx.iter_modules(model)
+               if isinstance(m, BitDense) and m.spec.weight != "none"}
+  bits = 0.0
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    size = var[...].size
+    bits += size * quantized[id(var)] + 32 if id(var) in quantized else 16 * size
+  return bits

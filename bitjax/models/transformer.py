@@ -1,0 +1,141 @@
+"""The Transformer pieces the decoder, encoder and encoder-decoder share.
+
+Full precision: pre-norm blocks (norm -> attention / MLP). Quantized (b1.58,
+1bit, ...): every projection is a BitDense with its own built-in norm, so the
+block drops the pre-norms it replaces (BitNet b1.58 recipe). A block is causal
+or bidirectional and may add cross-attention (encoder-decoder); that is the
+only difference between the three models' blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bitjax.models.precision import ModelConfig, check_one_of, check_positive_ints, field_error
+from bitjax.nn import Attention, BitDense, make_norm
+
+MLP_TYPES = ("swiglu", "relu2_glu", "relu2")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+  """Architecture fields shared by every Transformer's `config.model`."""
+
+  vocab_size: int = 264
+  hidden_size: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int | None = None  # None: as many as num_heads (no GQA)
+  head_dim: int | None = None  # None: hidden_size // num_heads
+  mlp_hidden_size: int = 512
+  mlp_type: str = "swiglu"
+  rope_theta: float = 10000.0
+  remat: bool = False
+
+  def __post_init__(self):
+    check_positive_ints(self, "vocab_size", "hidden_size", "num_layers", "num_heads",
+                        "mlp_hidden_size")
+    if self.head_dim is None and self.hidden_size % self.num_heads:
+      raise field_error("hidden_size", self.hidden_size,
+                        f"is not divisible by config.model.num_heads={self.num_heads}")
+    if self.num_heads % self.kv_heads:
+      raise field_error("num_kv_heads", self.num_kv_heads,
+                        f"must divide config.model.num_heads={self.num_heads}")
+    if self.head_size % 2:
+      raise field_error("head_dim", self.head_size, "must be even for rotary embeddings")
+    check_one_of(self, "mlp_type", MLP_TYPES)
+    super().__post_init__()
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+
+class MLP(nnx.Module):
+  """Gated (SwiGLU or squared-ReLU GLU) or plain squared-ReLU feed-forward."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    dense = dict(cfg.dense_kwargs(), rngs=rngs)
+    self.mlp_type = cfg.mlp_type
+    self.up_proj = BitDense(cfg.hidden_size, cfg.mlp_hidden_size, kernel_axes=("embed", "mlp"),
+                            **dense)
+    self.gate_proj = (None if cfg.mlp_type == "relu2" else
+                      BitDense(cfg.hidden_size, cfg.mlp_hidden_size,
+                               kernel_axes=("embed", "mlp"), **dense))
+    self.down_proj = BitDense(cfg.mlp_hidden_size, cfg.hidden_size, kernel_axes=("mlp", "embed"),
+                              **dense)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    up = self.up_proj(x)
+    if self.mlp_type == "swiglu":
+      h = jax.nn.silu(self.gate_proj(x)) * up
+    elif self.mlp_type == "relu2_glu":
+      h = jnp.square(jax.nn.relu(self.gate_proj(x))) * up
+    else:
+      h = jnp.square(jax.nn.relu(up))
+    return self.down_proj(h)
+
+
+class TransformerBlock(nnx.Module):
+  """Self-attention (causal or not), optional cross-attention, MLP; residual each."""
+
+  def __init__(self, cfg: TransformerConfig, *, causal: bool = True,
+               cross_attention: bool = False, rngs: nnx.Rngs):
+    quantized = cfg.spec.quantized
+
+    def pre_norm():
+      return None if quantized else make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps,
+                                              rngs=rngs)
+
+    def attention(**kwargs):
+      return Attention(cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_size,
+                       spec=cfg.spec, norm=cfg.inner_norm, norm_eps=cfg.norm_eps,
+                       dtype=cfg.dtype, rngs=rngs, **kwargs)
+
+    self.attn_norm = pre_norm()
+    self.attn = attention(rope_theta=cfg.rope_theta, causal=causal)
+    self.cross_norm = pre_norm() if cross_attention else None
+    self.cross_attn = attention(rope_theta=None, causal=False) if cross_attention else None
+    self.mlp_norm = pre_norm()
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x: jax.Array, positions: jax.Array, *, mask: jax.Array | None = None,
+               context: jax.Array | None = None,
+               context_mask: jax.Array | None = None) -> jax.Array:
+    """`mask` [batch, seq] is False at padding: padded keys are ignored and padded rows
+    are zeroed, so with per-tensor activation scales too nothing depends on pad tokens."""
+    h = x if self.attn_norm is None else self.attn_norm(x)
+    x = x + self.attn(h, positions, key_mask=mask)
+    if self.cross_attn is not None:
+      h = x if self.cross_norm is None else self.cross_norm(x)
+      x = x + self.cross_attn(h, context=context, key_mask=context_mask)
+    h = x if self.mlp_norm is None else self.mlp_norm(x)
+    x = x + self.mlp(h)
+    return x if mask is None else zero_padding(x, mask)
+
+
+def zero_padding(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """x [batch, seq, features] with the rows where mask [batch, seq] is False set to 0."""
+  return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+
+
+def apply_layers(layers, x: jax.Array, positions: jax.Array, *, remat: bool,
+                 **kwargs) -> jax.Array:
+  """Runs the blocks in order, each rematerialised in the backward pass if `remat`."""
+  for layer in layers:
+    block = nnx.remat(type(layer).__call__) if remat else type(layer).__call__
+    x = block(layer, x, positions, **kwargs)
+  return x
+
+
+def positions_like(tokens: jax.Array) -> jax.Array:
+  """0, 1, ... along the last axis, broadcast to the tokens' shape."""
+  return jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
