@@ -23,9 +23,9 @@ def test_logical_to_spec_uses_each_mesh_axis_once():
 def test_mesh_sizes_are_checked():
   mesh = make_mesh()  # one CPU device: everything 1
   assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
-  with pytest.raises(ValueError, match="only one mesh axis may be -1"):
+  with pytest.raises(ValueError, match="only one mesh axis may be -1 among config.mesh.data, config.mesh.fsdp"):
     make_mesh(data=-1, fsdp=-1)
-  with pytest.raises(ValueError, match="needs 4 devices, 1 are available"):
+  with pytest.raises(ValueError, match="needs 4 devices per slice, but 1 are available"):
     make_mesh(data=2, fsdp=2)
 
 

@@ -16,6 +16,7 @@ from flax import nnx
 from bitjax.models.transformer import (TransformerBlock, TransformerConfig, apply_layers,
                                        positions_like)
 from bitjax.nn import BitDense, Embed, make_norm
+from bitjax.parallel.sharding import with_logical_constraint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Decoder(nnx.Module):
     x = apply_layers(self.layers, self.embed(tokens), positions_like(tokens), remat=self.cfg.remat)
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-    return logits.astype(jnp.float32)
+    return with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:

@@ -17,8 +17,10 @@ from flax import nnx
 
 from bitjax.models.precision import ModelConfig, check_one_of, check_positive_ints, field_error
 from bitjax.nn import Attention, BitDense, make_norm
+from bitjax.parallel.sharding import with_logical_constraint
 
 MLP_TYPES = ("swiglu", "relu2_glu", "relu2")
+HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of the hidden states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +131,15 @@ def zero_padding(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 def apply_layers(layers, x: jax.Array, positions: jax.Array, *, remat: bool,
                  **kwargs) -> jax.Array:
-  """Runs the blocks in order, each rematerialised in the backward pass if `remat`."""
+  """Runs the blocks in order, each rematerialised in the backward pass if `remat`.
+
+  The hidden states entering and leaving every block are pinned to their logical
+  sharding [batch, length, embed] (a no-op without a mesh).
+  """
+  x = with_logical_constraint(x, HIDDEN_AXES)
   for layer in layers:
     block = nnx.remat(type(layer).__call__) if remat else type(layer).__call__
-    x = block(layer, x, positions, **kwargs)
+    x = with_logical_constraint(block(layer, x, positions, **kwargs), HIDDEN_AXES)
   return x
 
 

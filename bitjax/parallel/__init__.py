@@ -1,6 +1,9 @@
-"""Scale-out: device meshes and the one table mapping logical axes to mesh axes."""
+"""Scale-out: device meshes, the one table mapping logical axes to mesh axes, sharding
+helpers and multi-host start-up. TPU topologies and AOT compiles: bitjax.parallel.aot."""
 
-from bitjax.parallel.sharding import (LOGICAL_RULES, MESH_AXES, logical_to_spec, make_mesh,
-                                      state_shardings)
+from bitjax.parallel.sharding import (LOGICAL_RULES, MESH_AXES, MESH_FIELDS, check_mesh_fields,
+                                      logical_sharding, logical_to_spec, make_mesh,
+                                      state_shardings, with_logical_constraint)
 
-__all__ = ["LOGICAL_RULES", "MESH_AXES", "logical_to_spec", "make_mesh", "state_shardings"]
+__all__ = ["LOGICAL_RULES", "MESH_AXES", "MESH_FIELDS", "check_mesh_fields", "logical_sharding",
+           "logical_to_spec", "make_mesh", "state_shardings", "with_logical_constraint"]
