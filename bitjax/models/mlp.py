@@ -1,0 +1,81 @@
+"""Multi-layer perceptrons on feature vectors: WideMLP (Galke & Scherp 2022: one hidden
+layer of 1024 over bag-of-words / TF-IDF) and deeper stacks, for dense features too.
+
+Quantization: under a quantized preset *every* linear layer is a BitDense, the
+first (vocabulary -> hidden) and the last (hidden -> classes) included. This is
+how we read Nielsen et al. (2411.05882), who swap each linear layer for a
+BitLinear; an MLP has no embedding or LM head that the decoder convention would
+exempt, and the first layer holds most of the weights, so keeping it in full
+precision would forfeit most of the memory saving. Each BitDense normalises its
+own input; full-precision MLPs have no norms at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from bitjax.models.precision import ModelConfig, check_positive_ints, field_error
+from bitjax.nn import BitDense
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig(ModelConfig):
+  """Schema of `config.model` for the MLP; validated on construction."""
+
+  input_dim: int = 64
+  num_classes: int = 10
+  hidden_sizes: tuple[int, ...] = (1024,)  # one entry: WideMLP; more: a deeper MLP
+  use_bias: bool = False  # BitNet layers have none; the paper's 16-bit baselines do
+
+  def __post_init__(self):
+    check_positive_ints(self, "input_dim", "num_classes")
+    check_hidden_sizes(self)
+    super().__post_init__()
+
+
+def check_hidden_sizes(cfg, *, allow_empty: bool = False) -> None:
+  """`cfg.hidden_sizes` must be a tuple (or list, stored as a tuple) of positive integers."""
+  sizes = cfg.hidden_sizes
+  if (not isinstance(sizes, (tuple, list)) or (not sizes and not allow_empty)
+      or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
+    raise field_error("hidden_sizes", sizes, "must be a " + ("" if allow_empty else "non-empty ")
+                      + "tuple of positive integers")
+  object.__setattr__(cfg, "hidden_sizes", tuple(sizes))
+
+
+def hidden_axis(index: int) -> str:
+  """Logical name of hidden layer `index`'s width: `mlp` and `embed` alternate, so
+  consecutive kernels are split along different mesh axes (no resharding between)."""
+  return "mlp" if index % 2 == 0 else "embed"
+
+
+def dense_stack(cfg, *, rngs: nnx.Rngs) -> nnx.List:
+  """BitDense layers input_dim -> *hidden_sizes -> num_classes (the MLP's and the GNN's).
+
+  The input axis is named `vocab` (bag-of-words features are a vocabulary); the
+  class axis is left replicated (None): it is small and no logical name fits.
+  """
+  dense = dict(cfg.dense_kwargs(), use_bias=cfg.use_bias, rngs=rngs)
+  widths = (cfg.input_dim, *cfg.hidden_sizes, cfg.num_classes)
+  axes = ("vocab", *(hidden_axis(i) for i in range(len(cfg.hidden_sizes))), None)
+  return nnx.List([
+      BitDense(widths[i], widths[i + 1], kernel_axes=(axes[i], axes[i + 1]), **dense)
+      for i in range(len(widths) - 1)
+  ])
+
+
+class MLPClassifier(nnx.Module):
+  """features [batch, input_dim] (float) -> logits [batch, num_classes] (float32)."""
+
+  def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.layers = dense_stack(cfg, rngs=rngs)
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    x = features
+    for layer in self.layers[:-1]:
+      x = jax.nn.relu(layer(x))
+    return self.layers[-1](x).astype("float32")
