@@ -1,9 +1,13 @@
 """Scale-out: device meshes, the one table mapping logical axes to mesh axes, sharding
 helpers and multi-host start-up. TPU topologies and AOT compiles: bitjax.parallel.aot."""
 
+from bitjax.parallel.multihost import (DISTRIBUTED_MODES, global_batch, initialize_distributed,
+                                       process_batch_block)
 from bitjax.parallel.sharding import (LOGICAL_RULES, MESH_AXES, MESH_FIELDS, check_mesh_fields,
-                                      logical_sharding, logical_to_spec, make_mesh,
+                                      logical_sharding, logical_to_spec, make_mesh, sharded_jit,
                                       state_shardings, with_logical_constraint)
 
-__all__ = ["LOGICAL_RULES", "MESH_AXES", "MESH_FIELDS", "check_mesh_fields", "logical_sharding",
-           "logical_to_spec", "make_mesh", "state_shardings", "with_logical_constraint"]
+__all__ = ["DISTRIBUTED_MODES", "LOGICAL_RULES", "MESH_AXES", "MESH_FIELDS", "check_mesh_fields",
+           "global_batch", "initialize_distributed", "logical_sharding", "logical_to_spec",
+           "make_mesh", "process_batch_block", "sharded_jit", "state_shardings",
+           "with_logical_constraint"]

@@ -150,3 +150,14 @@ def state_shardings(state, mesh: Mesh, rules=LOGICAL_RULES):
     return NamedSharding(mesh, PartitionSpec())
 
   return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def sharded_jit(fn, mesh: Mesh, *, in_shardings, out_shardings, donate_argnums=()):
+  """jax.jit of `fn` with explicit in/out shardings on `mesh`, traced with `mesh` as the
+  context mesh so that with_logical_constraint inside `fn` takes effect."""
+  def under_mesh(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+
+  return jax.jit(under_mesh, in_shardings=in_shardings, out_shardings=out_shardings,
+                 donate_argnums=donate_argnums)

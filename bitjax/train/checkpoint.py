@@ -43,8 +43,9 @@ def _flatten(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
-def guard_config(workdir: str, config_dict: dict) -> None:
-  """Write config.json into a new workdir; refuse to reuse one made with another config.
+def guard_config(workdir: str, config_dict: dict, write: bool = True) -> None:
+  """Write config.json into a new workdir (if `write`: one process of a multi-host job
+  does); refuse to reuse one made with another config.
 
   Resuming must continue the same experiment, so any changed field is an error
   that names it (and asks for a new workdir) instead of silently mixing runs.
@@ -61,6 +62,8 @@ def guard_config(workdir: str, config_dict: dict) -> None:
       raise ValueError(
           f"workdir {workdir!r} holds a run with a different config ({details}); "
           "use a new --workdir, or the same config to resume")
+    return
+  if not write:
     return
   with open(path, "w") as f:
     json.dump(canonical, f, indent=2, sort_keys=True)

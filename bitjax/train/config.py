@@ -15,8 +15,10 @@ import ml_collections
 
 from bitjax.data.config import optional
 from bitjax.models import DecoderConfig
+from bitjax.parallel import MESH_FIELDS, check_mesh_fields
 from bitjax.train.optim import resolve_schedule
 
+SECTIONS = ("model", "data", "train", "mesh", "optim")
 TRAIN_POSITIVE_INTS = ("seq_len", "batch_size", "steps", "eval_every", "eval_batches",
                        "log_every", "checkpoint_every", "max_checkpoints")
 
@@ -44,6 +46,10 @@ def default_config() -> ml_collections.ConfigDict:
       eval_every=250, eval_batches=8, log_every=25,
       checkpoint_every=500, max_checkpoints=2, progress_bar=True,
   ))
+  # Mesh axis sizes within a slice (data, fsdp, tensor) and across slices (dcn_*);
+  # one per group may be -1 to take the remaining devices (bitjax.parallel.make_mesh).
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
   config.optim = ml_collections.ConfigDict(dict(
       schedule="auto", lr=1e-3, stage2_lr=6e-4,
       stage1_end_lr=optional(float),
@@ -90,10 +96,14 @@ def validate_config(config: ml_collections.ConfigDict) -> DecoderConfig:
 def _validate(config: ml_collections.ConfigDict) -> DecoderConfig:
   from bitjax.data import get_tokenizer, validate_data_config
 
-  for section in ("model", "data", "train", "optim"):
+  for section in SECTIONS:
     if section not in config:
-      raise ValueError(f"config has no section {section!r}; expected model, data, train, optim")
+      raise ValueError(f"config has no section {section!r}; expected {', '.join(SECTIONS)}")
   model = DecoderConfig.from_mapping(config.model)
+  unknown = sorted(set(config.mesh) - set(MESH_FIELDS))
+  if unknown:
+    raise ValueError(f"config.mesh has unknown fields {unknown}; known: {list(MESH_FIELDS)}")
+  check_mesh_fields(config.mesh)
   validate_data_config(config.data)
   for name in TRAIN_POSITIVE_INTS:
     value = config.train[name]

@@ -1,0 +1,70 @@
+"""Multi-host start-up and input: which hosts take part, and which rows each one feeds.
+
+Every process runs the same program on its own devices. Each reads only its own
+block of rows of the global batch (bitjax.data.make_train_iterator slices the one
+global stream), and the blocks are assembled into global arrays without copies
+across hosts, so training is the same for any number of hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+DISTRIBUTED_MODES = ("auto", "on", "off")
+
+
+def distributed_requested(mode: str, environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether to call jax.distributed.initialize(): `on`, `off`, or (`auto`) when the
+  environment describes a multi-process job: JAX_COORDINATOR_ADDRESS is set, a TPU
+  pod lists several workers (TPU_WORKER_HOSTNAMES, as on GKE), or Slurm runs several
+  tasks. On Cloud TPU VMs the hosts are found from the metadata server, which `auto`
+  does not query: pass `on` there (README, "Launching on a TPU pod slice")."""
+  if mode not in DISTRIBUTED_MODES:
+    raise ValueError(f"--distributed={mode!r} is not one of {list(DISTRIBUTED_MODES)}")
+  if mode != "auto":
+    return mode == "on"
+  hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
+  return bool(environ.get("JAX_COORDINATOR_ADDRESS")
+              or len([h for h in hosts.split(",") if h.strip()]) > 1
+              or int(environ.get("SLURM_NTASKS", "1")) > 1)
+
+
+def initialize_distributed(mode: str = "auto") -> bool:
+  """Join the multi-process job if `mode` (see distributed_requested) asks for it;
+  must run before anything touches a device. Returns whether it initialised."""
+  if not distributed_requested(mode):
+    return False
+  jax.distributed.initialize()
+  return True
+
+
+def process_batch_block(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
+  """(block index, number of blocks): this process feeds rows [i * B / n, (i + 1) * B / n)
+  of the global batch of B rows laid out by `sharding`.
+
+  With the batch split over hosts each gets its own block; a batch replicated over
+  hosts (a mesh with data x fsdp = 1) is one block that every host feeds.
+  """
+  batch = global_shape[0]
+  intervals = {index[0].indices(batch)[:2]
+               for index in sharding.addressable_devices_indices_map(global_shape).values()}
+  rows = set().union(*(range(start, stop) for start, stop in intervals))
+  start, size = min(rows), len(rows)
+  if rows != set(range(start, start + size)) or batch % size or start % size:
+    raise ValueError(f"process {jax.process_index()} holds rows {sorted(intervals)} of the "
+                     f"global batch of {batch}, which is not one block of equal-sized blocks")
+  return start // size, batch // size
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding,
+                 global_rows: int) -> dict[str, jax.Array]:
+  """This process's rows of every array (its block, see process_batch_block) as
+  global arrays of `global_rows` rows laid out by `sharding`."""
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value),
+                                                      (global_rows, *value.shape[1:]))
+          for key, value in local_batch.items()}
