@@ -137,9 +137,11 @@ def apply_layers(layers, x: jax.Array, positions: jax.Array, *, remat: bool,
   sharding [batch, length, embed] (a no-op without a mesh).
   """
   x = with_logical_constraint(x, HIDDEN_AXES)
+  # Keyword arguments are bound here: nnx.remat passes only positional ones.
+  call = lambda layer, x, positions: type(layer).__call__(layer, x, positions, **kwargs)
+  block = nnx.remat(call) if remat else call
   for layer in layers:
-    block = nnx.remat(type(layer).__call__) if remat else type(layer).__call__
-    x = with_logical_constraint(block(layer, x, positions, **kwargs), HIDDEN_AXES)
+    x = with_logical_constraint(block(layer, x, positions), HIDDEN_AXES)
   return x
 
 
