@@ -1,0 +1,120 @@
+"""Packed inference: BitDense layers with ternary weights become PackedDense (DESIGN.md section 4).
+
+`pack_model` quantizes each trained BitDense once (codes + one float32 scale), packs
+the codes with `bitjax.kernels.pack_ternary` and swaps in a `PackedDense` that runs
+`ternary_matmul`; everything else (embeddings, norms, full-precision head) is
+kept as is. The packed model is a new object; the trained one is left untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bitjax.kernels import FORMAT_NAME, pack_ternary, ternary_matmul, ternary_to_codes
+from bitjax.nn import BitDense
+from bitjax.quant import QuantSpec
+from bitjax.quant.quantizers import quantize_activation, quantize_weight
+
+PACKABLE_WEIGHTS = ("absmean", "absmedian", "sign")
+BF16_BYTES = 2
+
+
+class PackedWeight(nnx.Variable):
+  """Packed ternary words: state of an inference model, never trained."""
+
+
+class PackedDense(nnx.Module):
+  """Inference twin of a ternary BitDense: norm -> activation quant -> packed matmul."""
+
+  def __init__(self, layer: BitDense, *, backend: str = "auto"):
+    if layer.spec.weight not in PACKABLE_WEIGHTS:
+      raise ValueError(f"weight_quant={layer.spec.weight!r} is not packable; "
+                       f"allowed: {list(PACKABLE_WEIGHTS)}")
+    kernel = layer.kernel.get_value()
+    codes, scale = quantize_weight(kernel, layer.spec.weight)
+    axes = getattr(layer.kernel, "out_sharding", None)
+    self.in_features, self.out_features = kernel.shape
+    self.spec: QuantSpec = layer.spec
+    self.dtype = layer.dtype
+    self.backend = backend
+    self.norm = layer.norm
+    self.packed = PackedWeight(pack_ternary(ternary_to_codes(codes)), out_sharding=axes,
+                               eager_sharding=False)
+    self.scale = PackedWeight(scale.astype(jnp.float32))
+    self.bias = layer.bias
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.norm is not None:
+      x = self.norm(x)
+    bits = self.spec.act_bits
+    if bits is not None and bits <= 8:
+      x_int, x_scale = quantize_activation(x, bits, self.spec.act_granularity)
+      y = ternary_matmul(x_int, self.packed[...], self.scale[...], activations="int8",
+                         backend=self.backend) * x_scale
+    else:
+      y = ternary_matmul(x, self.packed[...], self.scale[...], activations="bf16",
+                         backend=self.backend)
+    y = y.astype(self.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+@dataclasses.dataclass(frozen=True)
+class PackReport:
+  """Weight bytes of the packed layers against the same layers stored in BF16."""
+
+  layers: int
+  weights: int
+  packed_bytes: int
+  bf16_bytes: int
+  format: str = FORMAT_NAME
+
+  @property
+  def ratio(self) -> float:
+    return self.packed_bytes / self.bf16_bytes if self.bf16_bytes else float("nan")
+
+  def format_table(self) -> str:
+    return (f"packed {self.layers} layers ({self.weights:,} weights, {self.format}): "
+            f"{self.packed_bytes / 2**20:,.2f} MiB vs {self.bf16_bytes / 2**20:,.2f} MiB in BF16 "
+            f"({self.ratio:.4f}, 1/{1 / self.ratio:.2f})")
+
+
+def _ternary_layers(model: nnx.Module):
+  return [(path, module) for path, module in nnx.iter_modules(model)
+          if isinstance(module, BitDense) and module.spec.weight in PACKABLE_WEIGHTS]
+
+
+def _replace(model: nnx.Module, path, new) -> None:
+  parent = model
+  for key in path[:-1]:
+    parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+  if isinstance(path[-1], int):
+    parent[path[-1]] = new
+  else:
+    setattr(parent, path[-1], new)
+
+
+def pack_model(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, PackReport]:
+  """A copy of `model` with every ternary/binary BitDense packed, and the byte report."""
+  layers = _ternary_layers(model)
+  if not layers:
+    raise ValueError("the model has no BitDense layer with packable weights "
+                     f"(weight_quant in {list(PACKABLE_WEIGHTS)}); was it built with a "
+                     "quantized precision such as b1.58?")
+  packed_model = nnx.clone(model)
+  weights = packed_bytes = 0
+  for path, _ in _ternary_layers(packed_model):
+    layer = packed_model
+    for key in path:
+      layer = layer[key] if isinstance(key, int) else getattr(layer, key)
+    packed = PackedDense(layer, backend=backend)
+    weights += math.prod(layer.kernel.get_value().shape)
+    packed_bytes += packed.packed.get_value().nbytes + packed.scale.get_value().nbytes
+    _replace(packed_model, path, packed)
+  return packed_model, PackReport(len(layers), weights, packed_bytes, weights * BF16_BYTES)

@@ -1,0 +1,143 @@
+"""`ternary_matmul`: activations times packed ternary weights, one entry point for every backend."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from bitjax.kernels import gpu, tpu
+from bitjax.kernels.format import CODES_PER_WORD, padded_k, unpack_ternary
+from bitjax.quant.quantizers import quantize_activation
+
+ACTIVATIONS = ("int8", "bf16")
+BACKENDS = ("auto", "xla", "pallas_tpu", "pallas_gpu", "interpret")
+GEMV_TARGET_PROGRAMS = 1024
+GPU_KERNEL_MAX_ROWS = 32  # above this, `auto` on GPU unpacks and calls XLA's matmul
+GEMV_MAX_ROWS = 8  # up to this many rows the GPU streams weights through the GEMV kernel
+TPU_WITHOUT_INT8_MXU = ("TPU v2", "TPU v3", "TPU v4")
+
+
+def _check(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def reference_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
+  """Pure-jnp sums of x @ ternary(packed): exact int32 for int8 x, float32 for bf16 x."""
+  ternary = unpack_ternary(packed, x.shape[-1]).astype(jnp.int8) - 1
+  if x.dtype == jnp.int8:
+    return jnp.dot(x, ternary, preferred_element_type=jnp.int32)
+  return jnp.dot(x, ternary.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+def gpu_sums(x, packed, *, gemv: gpu.GemvConfig | None = None,
+             tiled: gpu.TiledConfig | None = None, interpret: bool = False):
+  """Sums on the GPU kernels: GEMV up to GEMV_MAX_ROWS rows, tensor cores above.
+
+  Explicit configs override the block choices (the benchmark tunes with them).
+  """
+  m = x.shape[0]
+  if gemv is not None or (tiled is None and m <= GEMV_MAX_ROWS):
+    partial = gpu.gemv(x, packed, config=gemv or gemv_config(packed.shape), interpret=interpret)
+    sums = jnp.sum(partial, axis=0)
+    if x.dtype == jnp.int8:  # the kernel sums codes = ternary + 1
+      sums = sums - jnp.sum(x, axis=-1, dtype=jnp.int32)[:, None]
+    return sums
+  return gpu.tiled(x, packed, config=tiled or tiled_config(packed.shape, m), interpret=interpret)
+
+
+def _largest_pow2_dividing(value: int, cap: int) -> int:
+  size = 1
+  while size < cap and value % (2 * size) == 0:
+    size *= 2
+  return size
+
+
+def gemv_config(packed_shape: tuple[int, int]) -> gpu.GemvConfig:
+  """Blocks for the GEMV kernel (tuned on an H100, experiments/bench/kernels.py --mode sweep).
+
+  Narrow column blocks and K splits until there are about a thousand programs, so
+  every SM has several weight streams in flight; tiles of 16-32 word rows.
+  """
+  rows, n = packed_shape
+  bn = _largest_pow2_dividing(n, 64)
+  tile_rows = 32 if rows % 32 == 0 else 16
+  tiles = rows // tile_rows
+  wanted = -(-GEMV_TARGET_PROGRAMS // (n // bn))
+  splits = min((d for d in range(1, tiles + 1) if tiles % d == 0 and d >= wanted),
+               default=tiles)
+  return gpu.GemvConfig(bn=bn, tile_rows=tile_rows, splits=splits)
+
+
+def tiled_config(packed_shape: tuple[int, int], m: int) -> gpu.TiledConfig:
+  """Blocks for the tensor-core kernel (tuned on an H100 at M=16): small M tiles, deep K tiles."""
+  rows, n = packed_shape
+  bm = next(b for b in (16, 32, 64) if m <= b or b == 64)
+  tile_rows = _largest_pow2_dividing(rows, 64)
+  return gpu.TiledConfig(bm=bm, bn=_largest_pow2_dividing(n, 64), tile_rows=tile_rows,
+                         num_warps=8)
+
+
+def _int8_mxu() -> bool:
+  kind = jax.devices()[0].device_kind
+  return not kind.startswith(TPU_WITHOUT_INT8_MXU)
+
+
+@functools.partial(jax.jit, static_argnames=("backend",))
+def _sums(x2d, packed, backend):
+  if backend == "auto" and jax.default_backend() == "gpu":
+    # Decoding in the kernel pays only while weight traffic dominates; at larger
+    # batches XLA's dense matmul on the unpacked weights wins (H100 measurements).
+    backend = "pallas_gpu" if x2d.shape[0] <= GPU_KERNEL_MAX_ROWS else "xla"
+  elif backend == "auto":
+    backend = "pallas_tpu" if jax.default_backend() == "tpu" else "xla"
+  if backend == "xla":
+    return reference_sums(x2d, packed)
+  if backend == "pallas_tpu":
+    return tpu.matmul(x2d, packed, int8_mxu=_int8_mxu())
+  if backend == "pallas_gpu":
+    return gpu_sums(x2d, packed)
+  return tpu.matmul(x2d, packed, interpret=True)  # "interpret"
+
+
+def ternary_matmul(
+    x: jax.Array,
+    packed: jax.Array,
+    scale: jax.Array,
+    *,
+    activations: str = "int8",
+    backend: str = "auto",
+    out_dtype=jnp.float32,
+) -> jax.Array:
+  """x (..., K) times ternary weights packed as (padded_k(K) / 16, N), times `scale`.
+
+  activations="int8": int8 x is used as is (int32 sums, bit-exact across backends);
+  float x is first quantized per token to int8 (absmax, as in BitNet b1.58) and the
+  result rescaled. activations="bf16": x is cast to bfloat16, sums in float32.
+  `scale` is the weight scale, a scalar or one per output column. `backend="auto"`
+  takes the Pallas TPU kernel on TPU; on GPU the Pallas kernels up to
+  GPU_KERNEL_MAX_ROWS rows and XLA on unpacked weights above; the jnp path elsewhere.
+  """
+  _check("activations", activations, ACTIVATIONS)
+  _check("backend", backend, BACKENDS)
+  if packed.ndim != 2 or packed.dtype != jnp.int32:
+    raise ValueError(f"packed must be 2-D int32 words; got {packed.dtype}{list(packed.shape)}")
+  k = x.shape[-1]
+  k_pad = packed.shape[0] * CODES_PER_WORD
+  if padded_k(k) != k_pad:
+    raise ValueError(f"x has K={k} features but packed holds {k_pad} weight rows "
+                     f"(expected padded_k(K)={padded_k(k)})")
+  lead = x.shape[:-1]
+  x2d = x.reshape(-1, k)
+  x_scale = None
+  if activations == "int8" and x2d.dtype != jnp.int8:
+    x2d, x_scale = quantize_activation(x2d, 8, "token")
+  elif activations == "bf16":
+    x2d = x2d.astype(jnp.bfloat16)
+  x2d = jnp.pad(x2d, ((0, 0), (0, k_pad - k)))
+  out = _sums(x2d, packed, backend).astype(jnp.float32) * scale.astype(jnp.float32)
+  if x_scale is not None:
+    out = out * x_scale
+  return out.reshape(*lead, -1).astype(out_dtype)

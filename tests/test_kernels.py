@@ -1,0 +1,148 @@
+"""Packed ternary format and ternary_matmul: every kernel against a numpy reference.
+
+The Pallas kernels run in interpret mode on CPU (their numerics are what CI checks);
+the GPU-only test runs them compiled and skips without a GPU.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bitjax import kernels
+from bitjax.kernels import gpu, ops, tpu
+from bitjax.kernels.format import K_BLOCK
+
+# Shapes straddle the block sizes: K not a multiple of 256, N not a multiple of 128.
+SHAPES = [(1, 256, 128), (3, 300, 130), (8, 1000, 64), (20, 512, 256), (70, 768, 384)]
+
+
+def random_problem(rng, m, k, n):
+  ternary = rng.integers(-1, 2, (k, n))
+  packed = kernels.pack_ternary(kernels.ternary_to_codes(jnp.asarray(ternary)))
+  x8 = rng.integers(-128, 128, (m, k)).astype(np.int8)
+  return ternary, packed, x8
+
+
+def padded(x, packed):
+  return jnp.pad(jnp.asarray(x), ((0, 0), (0, packed.shape[0] * 16 - x.shape[1])))
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (255, 3), (256, 128), (700, 5)])
+def test_pack_unpack_are_inverses(rng, k, n):
+  codes = rng.integers(0, 3, (k, n)).astype(np.int8)
+  packed = kernels.pack_ternary(jnp.asarray(codes))
+  assert packed.dtype == jnp.int32
+  assert packed.shape == (kernels.padded_k(k) // 16, n)
+  np.testing.assert_array_equal(kernels.unpack_ternary(packed, k), codes)
+
+
+def test_bit_layout_matches_the_documented_formula(rng):
+  """Word (b*16 + j, n), bits 2i..2i+1 hold the code of row b*256 + i*16 + j."""
+  k, n = 2 * K_BLOCK, 3
+  codes = rng.integers(0, 3, (k, n))
+  words = np.asarray(kernels.pack_ternary(jnp.asarray(codes))).view(np.uint32)
+  b, j, i, col = rng.integers(0, 2), rng.integers(0, 16), rng.integers(0, 16), rng.integers(0, n)
+  assert (words[b * 16 + j, col] >> (2 * i)) & 3 == codes[b * 256 + i * 16 + j, col]
+
+
+def test_unpack_rejects_a_bad_k():
+  packed = kernels.pack_ternary(jnp.ones((300, 4), jnp.int8))
+  with pytest.raises(ValueError, match="k=600"):
+    kernels.unpack_ternary(packed, 600)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 11), (4, 5, 6)])
+def test_base3_storage_round_trips_at_1_6_bits(rng, shape):
+  codes = rng.integers(0, 3, shape).astype(np.int8)
+  stored = kernels.pack_base3(codes)
+  assert stored.nbytes == -(-codes.size // 5)
+  np.testing.assert_array_equal(kernels.unpack_base3(stored, shape), codes)
+  with pytest.raises(ValueError, match="base-3 bytes"):
+    kernels.unpack_base3(stored[:-1], shape + (2,))
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_int8_kernels_are_bit_exact(rng, m, k, n):
+  ternary, packed, x8 = random_problem(rng, m, k, n)
+  exact = x8.astype(np.int64) @ ternary
+  xp = padded(x8, packed)
+  np.testing.assert_array_equal(kernels.reference_sums(jnp.asarray(x8), packed), exact)
+  np.testing.assert_array_equal(tpu.matmul(xp, packed, interpret=True), exact)
+  np.testing.assert_array_equal(tpu.matmul(xp, packed, int8_mxu=False, interpret=True), exact)
+  np.testing.assert_array_equal(ops.gpu_sums(xp, packed, interpret=True), exact)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES[:3])
+def test_gpu_tiled_kernel_at_small_batch(rng, m, k, n):
+  ternary, packed, x8 = random_problem(rng, m, k, n)
+  config = gpu.TiledConfig(bm=16, bn=ops._largest_pow2_dividing(n, 64), tile_rows=16)
+  got = ops.gpu_sums(padded(x8, packed), packed, tiled=config, interpret=True)
+  np.testing.assert_array_equal(got, x8.astype(np.int64) @ ternary)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_bf16_kernels_within_1e_2(rng, m, k, n):
+  ternary, packed, _ = random_problem(rng, m, k, n)
+  x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
+  want = np.asarray(x, np.float64) @ ternary
+  xp = padded(x, packed)
+  for got in (kernels.reference_sums(x, packed), tpu.matmul(xp, packed, interpret=True),
+              ops.gpu_sums(xp, packed, interpret=True)):
+    rel = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
+    assert rel < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["xla", "interpret"])
+def test_ternary_matmul_scales_quantizes_and_keeps_leading_dims(rng, backend):
+  k, n = 200, 96
+  ternary, packed, _ = random_problem(rng, 1, k, n)
+  scale = jnp.asarray(rng.uniform(0.1, 2.0, (n,)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, 3, k)), jnp.float32)
+  weights = np.asarray(scale, np.float64) * ternary
+  out = kernels.ternary_matmul(x, packed, scale, backend=backend)
+  assert out.shape == (2, 3, n) and out.dtype == jnp.float32
+  # int8: x quantized per token; the error is that of 8-bit absmax rounding.
+  want = np.asarray(x, np.float64) @ weights
+  assert np.abs(np.asarray(out) - want).max() / np.abs(want).max() < 2e-2
+  x8 = jnp.asarray(rng.integers(-127, 128, (4, k)), jnp.int8)
+  np.testing.assert_allclose(kernels.ternary_matmul(x8, packed, scale, backend=backend),
+                             np.asarray(x8, np.float64) @ weights, rtol=1e-6)
+  out = kernels.ternary_matmul(x, packed, scale, activations="bf16", backend=backend)
+  want = np.asarray(x.astype(jnp.bfloat16), np.float64) @ weights
+  assert np.abs(np.asarray(out) - want).max() / np.abs(want).max() < 1e-2
+
+
+def test_ternary_matmul_under_jit_and_vmap(rng):
+  ternary, packed, x8 = random_problem(rng, 5, 300, 64)
+  f = jax.jit(lambda x, p: kernels.ternary_matmul(x, p, jnp.float32(1), backend="interpret"))
+  np.testing.assert_array_equal(f(jnp.asarray(x8), packed), x8.astype(np.int64) @ ternary)
+  batched = jax.vmap(lambda x: kernels.ternary_matmul(x, packed, jnp.float32(1)))(
+      jnp.asarray(x8)[:, None])
+  np.testing.assert_array_equal(batched[:, 0], x8.astype(np.int64) @ ternary)
+
+
+def test_ternary_matmul_rejects_bad_arguments(rng):
+  _, packed, x8 = random_problem(rng, 2, 300, 64)
+  with pytest.raises(ValueError, match="backend='cuda'.*pallas_gpu"):
+    kernels.ternary_matmul(x8, packed, jnp.float32(1), backend="cuda")
+  with pytest.raises(ValueError, match="activations='int4'"):
+    kernels.ternary_matmul(x8, packed, jnp.float32(1), activations="int4")
+  with pytest.raises(ValueError, match="K=600"):
+    kernels.ternary_matmul(jnp.zeros((2, 600), jnp.int8), packed, jnp.float32(1))
+  with pytest.raises(ValueError, match="int32 words"):
+    kernels.ternary_matmul(x8, packed.astype(jnp.uint8), jnp.float32(1))
+
+
+def test_gpu_kernel_block_errors_name_the_dimension(rng):
+  _, packed, x8 = random_problem(rng, 1, 256, 96)
+  with pytest.raises(ValueError, match="N=96 is not a multiple"):
+    gpu.gemv(padded(x8, packed), packed, config=gpu.GemvConfig(bn=64), interpret=True)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("m", [1, 4, 16, 100])
+def test_compiled_gpu_kernels_match_the_reference(rng, m):
+  ternary, packed, x8 = random_problem(rng, m, 2560, 1024)
+  got = kernels.ternary_matmul(jnp.asarray(x8), packed, jnp.float32(1), backend="pallas_gpu")
+  np.testing.assert_array_equal(got, x8.astype(np.int64) @ ternary)
