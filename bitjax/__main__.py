@@ -5,6 +5,11 @@
   python -m bitjax sweep   --config configs/sweeps/lm_scaling.py:cpu --workdir runs/scaling
                            [--task_index=i --num_tasks=n]
   python -m bitjax plot    --workdir runs/scaling
+  python -m bitjax compile --config configs/lm.py:3b,precision=b1.58 --topology v5p:4x4x4
+                           [--config.mesh.fsdp=-1 --config.mesh.data=1 --num_slices=2]
+
+`--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
+train / compare / sweep join a multi-process job first.
 """
 
 import sys
@@ -12,13 +17,19 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "sweep", "plot")
+COMMANDS = ("train", "compare", "sweep", "plot", "compile")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_list("precisions", ["bf16", "b1.58"], "Presets that `compare` trains.")
 flags.DEFINE_integer("task_index", 0, "`sweep`: which share of the runs this process trains.")
 flags.DEFINE_integer("num_tasks", 1, "`sweep`: into how many shares the runs are split.")
+flags.DEFINE_string("topology", None, "`compile`: TPU slice to compile for, e.g. v5e:4x4, v5p:4x4x4.")
+flags.DEFINE_integer("num_slices", 1, "`compile`: how many such slices (config.mesh.dcn_* split them).")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "Call jax.distributed.initialize(): auto = when the environment describes a "
+                  "multi-process job (JAX_COORDINATOR_ADDRESS, several TPU_WORKER_HOSTNAMES, "
+                  "Slurm); on Cloud TPU VM pod slices pass `on`.")
 
 
 def _define_config_flag(command):
@@ -38,13 +49,40 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # progress comes from our own lines and bar
   command = argv[1]
-  if not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
+  if command == "compile":
+    if FLAGS.config is None or not FLAGS.topology:
+      raise app.UsageError("`compile` needs --config and --topology (e.g. v5e:4x4)")
+  elif not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
     raise app.UsageError("--workdir is required, and --config for all but `plot`")
   from bitjax.train.config import ConfigError
   try:
-    _run_command(command)
+    if command == "compile":
+      _compile()
+    else:
+      from bitjax.parallel import initialize_distributed
+      initialize_distributed(FLAGS.distributed)
+      _run_command(command)
   except ConfigError as e:
     sys.exit(f"bitjax {command}: bad config: {e}")
+
+
+def _compile():
+  """AOT-compile one train step for --topology on this machine (no TPU needed)."""
+  import os
+
+  import jax
+  if not os.environ.get("JAX_PLATFORMS"):
+    # Only the TPU compiler is needed; keep jax from probing for a local TPU.
+    jax.config.update("jax_platforms", "cpu")
+  from bitjax.train.aot import compile_train_step, format_report
+  from bitjax.train.config import ConfigError
+  try:
+    report = compile_train_step(FLAGS.config, FLAGS.topology, FLAGS.num_slices)
+  except ConfigError:
+    raise
+  except (ValueError, RuntimeError) as e:  # a bad --topology, or no libtpu
+    sys.exit(f"bitjax compile: {e}")
+  print(format_report(report))
 
 
 def _run_command(command):

@@ -5,6 +5,9 @@ import pytest
 
 # Tests run on CPU; keep XLA from grabbing every core for its own threads.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+# With libtpu installed (the `tpu` extra, for the AOT tests) jax would probe for a TPU in
+# every process and hold libtpu's one-process lock; the suite runs on CPU devices.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 @pytest.fixture

@@ -90,6 +90,10 @@ def test_distributed_is_requested_by_flag_or_environment():
   assert distributed_requested("auto", {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"})
   assert not distributed_requested("auto", {"TPU_WORKER_HOSTNAMES": "localhost"})
   assert distributed_requested("auto", {"SLURM_NTASKS": "4"})
+  # What jax sets after probing libtpu on a machine without a TPU.
+  assert not distributed_requested("auto", {"TPU_WORKER_HOSTNAMES": (
+      "WARNING: could not determine TPU worker hostnames or IP addresses, please set env var "
+      "`TPU_WORKER_HOSTNAMES` manually, otherwise libtpu.so may not properly initialize.")})
   with pytest.raises(ValueError, match=r"--distributed='yes' is not one of \['auto', 'on', "):
     distributed_requested("yes", {})
 
@@ -106,7 +110,7 @@ SHARDED_TRAINING = textwrap.dedent("""
     from bitjax.parallel import global_batch, make_mesh
     from bitjax.train.config import default_config
     from bitjax.train.optim import learning_rate_schedule, make_optimizer
-    from bitjax.train.trainer import batch_sharding, jit_train_step, state_layout
+    from bitjax.train.step import batch_sharding, jit_train_step, state_layout
 
     MESHES = {"one_device": dict(devices=jax.devices()[:1]), "data": dict(data=8),
               "fsdp": dict(data=1, fsdp=8), "tensor": dict(data=1, tensor=8),

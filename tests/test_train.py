@@ -18,7 +18,7 @@ from bitjax.models import Decoder, DecoderConfig, quantized_kernels
 from bitjax.train import optim, train_and_evaluate
 from bitjax.train.config import load_config, parse_config_arg, validate_config
 from bitjax.train.checkpoint import Checkpointer
-from bitjax.train.trainer import init_state
+from bitjax.train.step import init_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM_CONFIG = os.path.join(ROOT, "configs", "lm.py")
@@ -266,3 +266,67 @@ def test_logged_throughput(trained):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     train = [r for r in map(json.loads, f) if r["split"] == "train"]
   assert all(r["tflops_per_device"] > 0 and r["tokens_per_s"] > 0 for r in train)
+
+
+SHARDED_RESUME = """
+import json, sys
+import bitjax.data
+from bitjax.train import train_and_evaluate
+from bitjax.train.config import load_config
+
+config_spec, overrides, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+make_iterator = bitjax.data.make_train_iterator
+
+class Preempted(Exception):
+  pass
+
+def preempted_after(steps):
+  def make(*args, **kwargs):
+    inner = make_iterator(*args, **kwargs)
+    class Iterator:
+      left = steps
+      def __next__(self):
+        if not self.left:
+          raise Preempted
+        self.left -= 1
+        return next(inner)
+      get_state, set_state = inner.get_state, inner.set_state
+    return Iterator()
+  return make
+
+bitjax.data.make_train_iterator = preempted_after(5)  # checkpointed at step 4
+try:
+  train_and_evaluate(load_config(config_spec, {**overrides, "mesh.data": 2, "mesh.fsdp": 2,
+                                               "mesh.tensor": 2}), workdir)
+except Preempted:
+  pass
+bitjax.data.make_train_iterator = make_iterator
+summary = train_and_evaluate(load_config(config_spec, {**overrides, "mesh.data": -1}), workdir)
+print(json.dumps(summary))
+"""
+
+
+def test_sharded_run_resumed_on_another_mesh_matches_one_device(data_dir, tmp_path):
+  """2x2x2 mesh, preempted, resumed as 8-way data parallel from the sharded checkpoint."""
+  overrides = {"data.data_dir": str(data_dir), "train.seq_len": 32, "train.batch_size": 8,
+               "train.steps": 8, "train.eval_every": 4, "train.eval_batches": 2,
+               "train.log_every": 2, "train.checkpoint_every": 4, "train.progress_bar": False,
+               "optim.warmup_steps": 2, "model.compute_dtype": "float32"}
+  spec = f"{LM_CONFIG}:nano,precision=b1.58"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  bitjax.data.data_source(load_config(spec, overrides).data, "train")  # build it once, here
+  process = subprocess.Popen(
+      [sys.executable, "-c", SHARDED_RESUME, spec, json.dumps(overrides), str(tmp_path / "8")],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+  one_device = train_and_evaluate(load_config(spec, overrides), str(tmp_path / "1"))
+  stdout, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-4000:]
+  sharded = json.loads(stdout.strip().splitlines()[-1])
+  assert sharded["steps_this_session"] == 4
+  np.testing.assert_allclose(sharded["eval_loss"], one_device["eval_loss"], rtol=5e-4)
+  train_losses = lambda run: [r["loss"] for r in map(json.loads, open(run / "metrics.jsonl"))
+                              if r["split"] == "train"]
+  assert len(train_losses(tmp_path / "8")) == len(train_losses(tmp_path / "1")) == 4
+  np.testing.assert_allclose(train_losses(tmp_path / "8"), train_losses(tmp_path / "1"),
+                             rtol=5e-4)

@@ -29,8 +29,10 @@ def distributed_requested(mode: str, environ: Mapping[str, str] = os.environ) ->
   if mode != "auto":
     return mode == "on"
   hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
-  return bool(environ.get("JAX_COORDINATOR_ADDRESS")
-              or len([h for h in hosts.split(",") if h.strip()]) > 1
+  # A host name has no spaces: jax with libtpu on a machine without a TPU sets
+  # TPU_WORKER_HOSTNAMES to a warning sentence ("WARNING: could not determine ..., ...").
+  hosts = [host for host in hosts.split(",") if host.strip() and " " not in host.strip()]
+  return bool(environ.get("JAX_COORDINATOR_ADDRESS") or len(hosts) > 1
               or int(environ.get("SLURM_NTASKS", "1")) > 1)
 
 

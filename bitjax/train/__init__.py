@@ -1,5 +1,18 @@
-"""Training: train_and_evaluate, optimizer and schedules, metrics, checkpoints."""
+"""Training: train_and_evaluate, optimizer and schedules, metrics, checkpoints.
 
-from bitjax.train.trainer import TrainState, train_and_evaluate
+Names load on first access, so `bitjax.train.step`, `.optim` and `.metrics` import
+without the data stack (ml_collections, grain, TFDS), as benchmarks need.
+"""
 
-__all__ = ["TrainState", "train_and_evaluate"]
+import importlib
+
+_EXPORTS = {"TrainState": "step", "train_and_evaluate": "trainer"}
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'bitjax.train' has no attribute {name!r}")
+  return getattr(importlib.import_module(f"bitjax.train.{_EXPORTS[name]}"), name)
+
+
+__all__ = sorted(_EXPORTS)

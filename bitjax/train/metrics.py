@@ -6,8 +6,6 @@ import json
 import math
 import os
 
-from tensorboardX import SummaryWriter
-
 
 def lm_metrics(loss_sum: float, tokens: float, bytes_: float) -> dict[str, float]:
   """Mean loss (nats/token), perplexity and bits per byte from summed eval statistics."""
@@ -20,6 +18,8 @@ class MetricWriter:
   """Appends every record to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
 
   def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # here: benchmarks use this module without it
+
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 

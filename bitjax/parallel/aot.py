@@ -1,0 +1,107 @@
+"""TPU slices without a TPU: topology devices, meshes over them, and what a compiled
+program needs per chip.
+
+With libtpu installed (`pip install -e ".[tpu]"`), jax describes any TPU slice from
+its name (`v5e:4x4`, `v5p:4x4x4`, ...); `jax.jit(f, in_shardings=..., ...)
+.lower(*abstract_args).compile()` then compiles `f` for it on this machine, so memory
+and FLOPs are known before TPU hours are spent:
+
+  mesh = topology_mesh("v5e:4x4", fsdp=-1, data=1)
+  compiled = jax.jit(f, in_shardings=..., out_shardings=...).lower(*shapes).compile()
+  print(compiled_memory(compiled).total, chip_hbm_bytes(mesh.devices.flat[0].device_kind))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+from jax.sharding import Mesh
+
+from bitjax.parallel.sharding import make_mesh
+
+GIB = 2**30
+# Per TPU generation (as named in topologies): jax's device_kind and HBM per chip in GiB,
+# from Google's Cloud TPU system-architecture pages.
+TPU_GENERATIONS = {
+    "v4": ("TPU v4", 32),
+    "v5e": ("TPU v5 lite", 16),
+    "v5p": ("TPU v5", 95),
+    "v6e": ("TPU v6 lite", 32),
+}
+# Chips per host as (x, y, z) bounds: 4 chips in a 2x2 block on every generation above.
+CHIPS_PER_HOST_BOUNDS = (2, 2, 1)
+TOPOLOGY_FORMAT = re.compile(r"^(?P<generation>v\w+):(?P<shape>\d+(x\d+){1,2})$")
+
+
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """The devices of `num_slices` TPU slices of `topology` ("v5e:4x4", "v5p:4x4x4"), as
+  libtpu describes them; they can form meshes and compile programs, not run them."""
+  match = TOPOLOGY_FORMAT.match(topology)
+  if not match or match["generation"] not in TPU_GENERATIONS:
+    raise ValueError(f"--topology={topology!r} must be GENERATION:SHAPE with GENERATION one "
+                     f"of {list(TPU_GENERATIONS)} and SHAPE like 4x4 or 4x4x4")
+  if not isinstance(num_slices, int) or num_slices < 1:
+    raise ValueError(f"--num_slices={num_slices!r} must be a positive integer")
+  from jax.experimental import topologies
+  # Describing a topology opens no TPU, so it need not wait for libtpu's one-process lock
+  # (held by any process that started jax's TPU backend, e.g. a local TPU job).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  try:
+    description = topologies.get_topology_desc(
+        platform="tpu", topology_name=topology, chips_per_host_bounds=CHIPS_PER_HOST_BOUNDS,
+        num_slices=num_slices)
+  except Exception as e:  # no plugin, or a shape libtpu rejects
+    raise RuntimeError(f"cannot describe TPU topology {topology!r} ({e}); it needs libtpu: "
+                       'pip install -e ".[tpu]"') from e
+  return list(description.devices)
+
+
+def topology_mesh(topology: str, *, data: int = -1, fsdp: int = 1, tensor: int = 1,
+                  dcn_data: int = 1, dcn_fsdp: int = 1, dcn_tensor: int = 1,
+                  num_slices: int = 1) -> Mesh:
+  """A (data, fsdp, tensor) mesh over the chips of `topology` (see make_mesh for the
+  sizes; dcn_* split `num_slices` slices), ready for jax.jit(...).lower(...).compile()."""
+  return make_mesh(data, fsdp, tensor, dcn_data=dcn_data, dcn_fsdp=dcn_fsdp,
+                   dcn_tensor=dcn_tensor, devices=topology_devices(topology, num_slices))
+
+
+def chip_hbm_bytes(device_kind: str) -> int | None:
+  """HBM per chip of a TPU `device_kind` ("TPU v5 lite"), or None where unknown.
+  Exact match: "TPU v5" (v5p) is a prefix of "TPU v5 lite" (v5e)."""
+  for kind, gib in TPU_GENERATIONS.values():
+    if kind == device_kind:
+      return gib * GIB
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledMemory:
+  """Bytes one chip holds while the program runs, from XLA's buffer assignment."""
+
+  arguments: int
+  outputs: int
+  aliased: int  # outputs written into donated arguments, counted once
+  temporaries: int
+  code: int
+
+  @property
+  def total(self) -> int:
+    return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
+
+
+def compiled_memory(compiled) -> CompiledMemory:
+  stats = compiled.memory_analysis()
+  return CompiledMemory(stats.argument_size_in_bytes, stats.output_size_in_bytes,
+                        stats.alias_size_in_bytes, stats.temp_size_in_bytes,
+                        stats.generated_code_size_in_bytes)
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one execution on one chip, as XLA's cost model counts them (None if absent).
+  Older jax versions return a list with one dict per program."""
+  costs = compiled.cost_analysis()
+  if isinstance(costs, (list, tuple)):
+    costs = costs[0] if costs else {}
+  return (costs or {}).get("flops")

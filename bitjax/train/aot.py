@@ -1,0 +1,161 @@
+"""`python -m bitjax compile`: one train step compiled for a TPU slice on this machine,
+with the memory each chip needs, the FLOPs per step, and whether it fits.
+
+The step, state layout and mesh are the trainer's own (one code path), built over
+the topology's devices from bitjax.parallel.aot instead of local ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bitjax.models import train_flops_per_token
+from bitjax.parallel.aot import (GIB, CompiledMemory, chip_hbm_bytes, compiled_flops,
+                                 compiled_memory, topology_devices)
+from bitjax.train.config import validate_config
+from bitjax.train.metrics import peak_tflops
+from bitjax.train.optim import learning_rate_schedule, make_optimizer
+from bitjax.train.trainer import batch_sharding, jit_train_step, make_config_mesh, state_layout
+
+ADAM_STATE_BYTES = 4 + 4 + 4  # float32 parameter, first and second moment
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileReport:
+  topology: str
+  num_slices: int
+  chips: int
+  device_kind: str
+  mesh: dict[str, int]
+  precision: str
+  compute_dtype: str
+  params: int
+  batch_size: int
+  seq_len: int
+  remat: bool
+  memory: CompiledMemory  # per chip
+  hbm: int | None  # per chip
+  compiled_flops: float | None  # per chip and step, XLA's count (remat recomputation included)
+  analytic_flops: float  # per step, all chips: train_flops_per_token x tokens
+
+  @property
+  def state_lower_bound(self) -> float:
+    """Bytes per chip of parameters and both Adam moments in float32, perfectly sharded."""
+    return self.params * ADAM_STATE_BYTES / self.chips
+
+  @property
+  def fits(self) -> bool | None:
+    return None if self.hbm is None else self.memory.total <= self.hbm
+
+
+def compile_train_step(config: ml_collections.ConfigDict, topology: str,
+                       num_slices: int = 1) -> CompileReport:
+  """Lower and compile the trainer's step of `config` for `num_slices` slices of
+  `topology`, from abstract (sharded) state and batch: nothing is allocated."""
+  model_cfg = validate_config(config)
+  if model_cfg.compute_dtype == "auto" and model_cfg.spec.compute_dtype is None:
+    # "auto" means bfloat16 on accelerators; this machine's backend is not the target.
+    model_cfg = dataclasses.replace(model_cfg, compute_dtype="bfloat16")
+  devices = topology_devices(topology, num_slices)
+  mesh = make_config_mesh(config, devices)
+  tcfg = config.train
+  quantized = model_cfg.spec.quantized
+  tx = make_optimizer(config.optim, tcfg.steps, quantized)
+  layout = state_layout(model_cfg, tx, tcfg.seed, mesh)
+  batches = batch_sharding(mesh, tcfg.batch_size, tcfg.seq_len)
+  token_array = jax.ShapeDtypeStruct((tcfg.batch_size, tcfg.seq_len), jnp.int32,
+                                     sharding=batches)
+  step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps, quantized),
+                        mesh, batches)
+  compiled = step.lower(layout.abstract, {"inputs": token_array, "targets": token_array}).compile()
+  device_kind = devices[0].device_kind
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(layout.abstract.params))
+  return CompileReport(
+      topology=topology, num_slices=num_slices, chips=len(devices), device_kind=device_kind,
+      mesh=dict(mesh.shape), precision=model_cfg.precision,
+      compute_dtype=jnp.dtype(model_cfg.dtype).name, params=params,
+      batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, remat=model_cfg.remat,
+      memory=compiled_memory(compiled), hbm=chip_hbm_bytes(device_kind),
+      compiled_flops=compiled_flops(compiled),
+      analytic_flops=float(train_flops_per_token(model_cfg, tcfg.seq_len)
+                           * tcfg.batch_size * tcfg.seq_len))
+
+
+def fit_suggestions(report: CompileReport) -> list[str]:
+  """What to change when the step does not fit, most effective first."""
+  mesh, memory, hbm = report.mesh, report.memory, report.hbm or 0
+  batch_shards = mesh["data"] * mesh["fsdp"]
+  state_per_chip = memory.arguments  # the donated train state and this chip's batch rows
+  suggestions = []
+  if mesh["data"] > 1 and state_per_chip > 2 * report.state_lower_bound:
+    suggestions.append(
+        f"shard the train state over the data axis too: --config.mesh.data=1 "
+        f"--config.mesh.fsdp=-1 (state per chip {state_per_chip / GIB:.2f} GiB -> about "
+        f"{report.state_lower_bound / GIB:.2f} GiB)")
+  rows_per_chip = report.batch_size // batch_shards
+  if rows_per_chip > 1:
+    room = hbm - (memory.total - memory.temporaries)
+    fitting_rows = int(room // (memory.temporaries / rows_per_chip)) if room > 0 else 0
+    if fitting_rows >= 1:
+      suggestions.append(
+          f"a smaller batch: --config.train.batch_size={fitting_rows * batch_shards} "
+          f"({fitting_rows} rows per batch shard instead of {rows_per_chip}; estimated from "
+          "temporaries growing with the batch)")
+    else:
+      suggestions.append(f"a smaller batch: --config.train.batch_size={batch_shards} "
+                         "(one row per batch shard)")
+  if not report.remat:
+    suggestions.append("recompute activations in the backward pass: --config.model.remat=True")
+  suggestions.append(f"more chips (a larger --topology), or tensor parallelism "
+                     f"(--config.mesh.tensor, now {mesh['tensor']})")
+  return suggestions
+
+
+def format_report(report: CompileReport) -> str:
+  gib = lambda n: f"{n / GIB:8.2f} GiB"
+  memory, chips = report.memory, report.chips
+  slices = f" x {report.num_slices} slices" if report.num_slices > 1 else ""
+  hbm = f"{report.hbm / GIB:.1f} GiB HBM each" if report.hbm else "HBM unknown"
+  lines = [
+      f"{report.topology}{slices}: {chips} x {report.device_kind} ({hbm})",
+      "mesh: " + " x ".join(f"{axis} {size}" for axis, size in report.mesh.items())
+      + f"; batch {report.batch_size} x {report.seq_len} tokens",
+      f"model: {report.params / 1e6:,.1f}M parameters, {report.precision}, compute "
+      f"{report.compute_dtype}, remat {'on' if report.remat else 'off'}; parameters + Adam "
+      f"moments (float32) need at least {report.state_lower_bound / GIB:.2f} GiB per chip",
+      "",
+      "memory per chip (XLA buffer assignment):",
+      f"  arguments   {gib(memory.arguments)}  train state shard and batch rows",
+      f"  outputs     {gib(memory.outputs)}  of which {memory.aliased / GIB:.2f} GiB reuse "
+      "the donated arguments",
+      f"  temporaries {gib(memory.temporaries)}  activations, gradients, optimizer update",
+      f"  code        {gib(memory.code)}",
+      f"  total       {gib(memory.total)}"
+      + (f"  {memory.total / report.hbm:.0%} of {report.hbm / GIB:.1f} GiB" if report.hbm else ""),
+      "",
+      f"FLOPs per step: {report.analytic_flops:.3e} analytic (6 x matmul parameters + "
+      "attention, per token x tokens)",
+  ]
+  if report.compiled_flops is not None:
+    lines.append(f"                {report.compiled_flops * chips:.3e} compiled (XLA's count "
+                 f"per chip x {chips} chips; remat recomputation included)")
+  peak = peak_tflops(report.device_kind)
+  if peak:
+    ideal = report.analytic_flops / (chips * peak * 1e12)
+    lines.append(f"step time at 100% of the {peak:g} TFLOP/s peak: {ideal * 1e3:.1f} ms "
+                 f"({ideal / 0.4 * 1e3:.1f} ms at 40% MFU)")
+  lines.append("")
+  if report.fits is None:
+    lines.append("fits: unknown (no HBM size for this chip)")
+  elif report.fits:
+    lines.append(f"fits: yes, {(report.hbm - memory.total) / GIB:.2f} GiB per chip to spare")
+  else:
+    lines.append(f"fits: NO, needs {memory.total / GIB:.2f} GiB per chip, the chip has "
+                 f"{report.hbm / GIB:.1f} GiB. Try:")
+    lines += [f"  - {suggestion}" for suggestion in fit_suggestions(report)]
+  return "\n".join(lines)

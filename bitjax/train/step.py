@@ -1,0 +1,100 @@
+"""The pure pieces of a training step: train state, its sharded layout, the jitted
+step. They import only jax, flax, optax and bitjax.models / parallel, so benchmarks
+(experiments/bench/train_step.py) and the AOT compile time exactly what trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bitjax.models import Decoder, DecoderConfig
+from bitjax.parallel import logical_sharding, make_mesh, sharded_jit, state_shardings
+
+BATCH_AXES = ("batch", "length")  # logical axes of inputs and targets
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+  """Where every leaf of the TrainState lives, known before anything is allocated."""
+
+  graphdef: nnx.GraphDef
+  shardings: Any  # TrainState of NamedShardings (a prefix of the state's tree)
+  abstract: Any  # TrainState of ShapeDtypeStructs with their shardings: restore and AOT target
+  init: Callable[[], TrainState]  # jitted: creates the state directly in its shardings
+
+
+def state_layout(model_cfg: DecoderConfig, tx: optax.GradientTransformation, seed: int,
+                 mesh: Mesh) -> StateLayout:
+  """Shapes by abstract evaluation, shardings from the parameters' logical axes
+  (optimizer moments inherit them; step and counts are replicated), and an init that
+  writes each shard on its device, so no device ever holds the full state."""
+  def create() -> TrainState:
+    params = nnx.state(Decoder(model_cfg, rngs=nnx.Rngs(seed)))
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(seed))))
+  shapes = jax.eval_shape(create)
+  shardings = state_shardings(shapes, mesh)
+  abstract = jax.tree.map(
+      lambda leaf, sharding: jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), leaf),
+      shapes, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return StateLayout(graphdef, shardings, abstract, jax.jit(create, out_shardings=shardings))
+
+
+def init_state(model_cfg: DecoderConfig, tx: optax.GradientTransformation, seed: int,
+               mesh: Mesh | None = None):
+  """The model and its optimizer state, sharded over `mesh` (default: one device);
+  returns (graphdef, TrainState)."""
+  layout = state_layout(model_cfg, tx, seed, mesh or make_mesh(devices=jax.devices()[:1]))
+  return layout.graphdef, layout.init()
+
+
+def batch_sharding(mesh: Mesh, batch_size: int, seq_len: int) -> NamedSharding:
+  return logical_sharding((batch_size, seq_len), BATCH_AXES, mesh)
+
+
+def jit_train_step(layout: StateLayout, tx, lr_schedule, mesh: Mesh, batch: NamedSharding):
+  """The jitted train step: state in and out in its shardings (donated), metrics replicated."""
+  return sharded_jit(functools.partial(train_step, layout.graphdef, tx, lr_schedule), mesh,
+                     in_shardings=(layout.shardings, batch),
+                     out_shardings=(layout.shardings, NamedSharding(mesh, PartitionSpec())),
+                     donate_argnums=0)
+
+
+def cross_entropy(graphdef, params, batch) -> jax.Array:
+  """Per-token next-token loss in nats, float32, shape of targets."""
+  logits = nnx.merge(graphdef, params)(batch["inputs"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+
+
+def train_step(graphdef, tx, lr_schedule, state: TrainState, batch):
+  loss_fn = lambda params: cross_entropy(graphdef, params, batch).mean()
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
+  return new_state, metrics
+
+
+def eval_step(graphdef, bytes_per_token, params, batch):
+  """Summed loss, token count and byte count, so bits per byte is exact over batches."""
+  losses = cross_entropy(graphdef, params, batch)
+  return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32),
+          "bytes": bytes_per_token[batch["targets"]].sum()}
