@@ -123,8 +123,9 @@ def test_model_packages_do_not_import_the_data_stack():
   """The GPU machine has no TFDS, grain or ml_collections: quant, nn, models must not need them."""
   import subprocess
   import sys
-  code = ("import sys, bitjax.quant, bitjax.nn, bitjax.models; "
+  code = ("import sys, bitjax.quant, bitjax.nn, bitjax.models, bitjax.models.mlp, "
+          "bitjax.models.gnn, bitjax.models.encoder, bitjax.models.encdec; "
           "print(sorted(m for m in sys.modules "
-          "if m.split('.')[0] in ('tensorflow_datasets', 'grain', 'ml_collections')))")
+          "if m.split('.')[0] in ('tensorflow_datasets', 'grain', 'ml_collections', 'sklearn')))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"

@@ -95,8 +95,8 @@ class EncoderDecoder(nnx.Module):
     return self.decode(self.encode(inputs, input_mask), input_mask, decoder_inputs,
                        decoder_mask)
 
-  def greedy_decode(self, inputs: jax.Array, max_len: int,
-                    input_mask: jax.Array | None = None) -> jax.Array:
+  def greedy_decode(self, inputs: jax.Array, input_mask: jax.Array | None = None, *,
+                    max_len: int) -> jax.Array:
     """Greedy output tokens [batch, max_len]: pad after each row's first EOS.
 
     Step t reruns the decoder over the whole fixed-size buffer (no KV cache) and
