@@ -14,9 +14,11 @@ and FLOPs are known before TPU hours are spent:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 
+import jax
 from jax.sharding import Mesh
 
 from bitjax.parallel.sharding import make_mesh
@@ -89,6 +91,42 @@ class CompiledMemory:
   @property
   def total(self) -> int:
     return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
+
+
+def bytes_per_chip(abstract_tree) -> int:
+  """Bytes one chip holds of a tree of ShapeDtypeStructs with shardings (its shard of each)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(abstract_tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+  """The TPU compiler's refusal: `needed` bytes of `what` ("temporaries" or "total")
+  per chip against `available` bytes of HBM."""
+
+  what: str
+  needed: int
+  available: int
+  message: str
+
+
+def out_of_memory(error: Exception) -> OutOfMemory | None:
+  """The out-of-HBM details of a compile error, or None for any other error. Reads both
+  of libtpu's forms: "... HLO temporaries (33.02G) exceeds available HBM (15.75G)" and
+  "... Used 20.5G of 15.75G hbm. ..."."""
+  message = str(error)
+  if "RESOURCE_EXHAUSTED" not in message:
+    return None
+  units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+  size = r"([\d.]+)([KMGT])"
+  for what, pattern in (("temporaries", rf"temporaries \({size}\) exceeds available HBM \({size}\)"),
+                        ("total", rf"Used {size} of {size} hbm")):
+    match = re.search(pattern, message)
+    if match:
+      needed, unit, available, available_unit = match.groups()
+      return OutOfMemory(what, int(float(needed) * units[unit]),
+                         int(float(available) * units[available_unit]), message.strip())
+  return None
 
 
 def compiled_memory(compiled) -> CompiledMemory:

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from bitjax.models import train_flops_per_token
-from bitjax.parallel.aot import (GIB, CompiledMemory, chip_hbm_bytes, compiled_flops,
-                                 compiled_memory, topology_devices)
+from bitjax.parallel.aot import (GIB, CompiledMemory, OutOfMemory, bytes_per_chip,
+                                 chip_hbm_bytes, compiled_flops, compiled_memory,
+                                 out_of_memory, topology_devices)
 from bitjax.train.config import validate_config
 from bitjax.train.metrics import peak_tflops
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
@@ -38,8 +39,9 @@ class CompileReport:
   batch_size: int
   seq_len: int
   remat: bool
-  memory: CompiledMemory  # per chip
+  memory: CompiledMemory  # per chip; estimated from the compiler's error if it ran out
   hbm: int | None  # per chip
+  out_of_memory: OutOfMemory | None  # the compiler refused: more than the HBM needed
   compiled_flops: float | None  # per chip and step, XLA's count (remat recomputation included)
   analytic_flops: float  # per step, all chips: train_flops_per_token x tokens
 
@@ -49,7 +51,14 @@ class CompileReport:
     return self.params * ADAM_STATE_BYTES / self.chips
 
   @property
+  def usable_hbm(self) -> int | None:
+    """The compiler's figure where it gave one (a little under the nominal HBM)."""
+    return self.out_of_memory.available if self.out_of_memory else self.hbm
+
+  @property
   def fits(self) -> bool | None:
+    if self.out_of_memory is not None:
+      return False
     return None if self.hbm is None else self.memory.total <= self.hbm
 
 
@@ -72,7 +81,21 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
                                      sharding=batches)
   step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps, quantized),
                         mesh, batches)
-  compiled = step.lower(layout.abstract, {"inputs": token_array, "targets": token_array}).compile()
+  batch = {"inputs": token_array, "targets": token_array}
+  lowered = step.lower(layout.abstract, batch)
+  try:
+    compiled, oom = lowered.compile(), None
+  except Exception as e:  # jax's runtime error type moved between versions
+    oom = out_of_memory(e)
+    if oom is None:
+      raise
+  if oom is None:
+    memory, flops = compiled_memory(compiled), compiled_flops(compiled)
+  else:
+    # The compiler stops before its report; the state and batch sizes are known exactly.
+    state, arguments = bytes_per_chip(layout.abstract), bytes_per_chip((layout.abstract, batch))
+    temporaries = oom.needed if oom.what == "temporaries" else oom.needed - arguments
+    memory, flops = CompiledMemory(arguments, state, state, temporaries, 0), None
   device_kind = devices[0].device_kind
   params = sum(math.prod(x.shape) for x in jax.tree.leaves(layout.abstract.params))
   return CompileReport(
@@ -80,15 +103,14 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
       mesh=dict(mesh.shape), precision=model_cfg.precision,
       compute_dtype=jnp.dtype(model_cfg.dtype).name, params=params,
       batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, remat=model_cfg.remat,
-      memory=compiled_memory(compiled), hbm=chip_hbm_bytes(device_kind),
-      compiled_flops=compiled_flops(compiled),
+      memory=memory, hbm=chip_hbm_bytes(device_kind), out_of_memory=oom, compiled_flops=flops,
       analytic_flops=float(train_flops_per_token(model_cfg, tcfg.seq_len)
                            * tcfg.batch_size * tcfg.seq_len))
 
 
 def fit_suggestions(report: CompileReport) -> list[str]:
   """What to change when the step does not fit, most effective first."""
-  mesh, memory, hbm = report.mesh, report.memory, report.hbm or 0
+  mesh, memory, hbm = report.mesh, report.memory, report.usable_hbm or 0
   batch_shards = mesh["data"] * mesh["fsdp"]
   state_per_chip = memory.arguments  # the donated train state and this chip's batch rows
   suggestions = []
@@ -121,6 +143,9 @@ def format_report(report: CompileReport) -> str:
   memory, chips = report.memory, report.chips
   slices = f" x {report.num_slices} slices" if report.num_slices > 1 else ""
   hbm = f"{report.hbm / GIB:.1f} GiB HBM each" if report.hbm else "HBM unknown"
+  oom = report.out_of_memory
+  source = ("XLA buffer assignment" if oom is None else
+            "estimated: the TPU compiler ran out of HBM before its report")
   lines = [
       f"{report.topology}{slices}: {chips} x {report.device_kind} ({hbm})",
       "mesh: " + " x ".join(f"{axis} {size}" for axis, size in report.mesh.items())
@@ -129,7 +154,7 @@ def format_report(report: CompileReport) -> str:
       f"{report.compute_dtype}, remat {'on' if report.remat else 'off'}; parameters + Adam "
       f"moments (float32) need at least {report.state_lower_bound / GIB:.2f} GiB per chip",
       "",
-      "memory per chip (XLA buffer assignment):",
+      f"memory per chip ({source}):",
       f"  arguments   {gib(memory.arguments)}  train state shard and batch rows",
       f"  outputs     {gib(memory.outputs)}  of which {memory.aliased / GIB:.2f} GiB reuse "
       "the donated arguments",
@@ -155,7 +180,9 @@ def format_report(report: CompileReport) -> str:
   elif report.fits:
     lines.append(f"fits: yes, {(report.hbm - memory.total) / GIB:.2f} GiB per chip to spare")
   else:
-    lines.append(f"fits: NO, needs {memory.total / GIB:.2f} GiB per chip, the chip has "
-                 f"{report.hbm / GIB:.1f} GiB. Try:")
+    lines.append(f"fits: NO, needs {memory.total / GIB:.2f} GiB per chip, "
+                 f"{report.usable_hbm / GIB:.2f} GiB are available. Try:")
     lines += [f"  - {suggestion}" for suggestion in fit_suggestions(report)]
+    if oom:
+      lines.append(f"(compiler: {oom.message.splitlines()[0]})")
   return "\n".join(lines)
