@@ -16,6 +16,7 @@ BACKENDS = ("auto", "xla", "pallas_tpu", "pallas_gpu", "interpret")
 GEMV_TARGET_PROGRAMS = 1024
 GPU_KERNEL_MAX_ROWS = 32  # above this, `auto` on GPU unpacks and calls XLA's matmul
 GEMV_MAX_ROWS = 8  # up to this many rows the GPU streams weights through the GEMV kernel
+EXACT_BF16_MAX_K = 2**24 // 128
 TPU_WITHOUT_INT8_MXU = ("TPU v2", "TPU v3", "TPU v4")
 
 
@@ -30,6 +31,20 @@ def reference_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
   if x.dtype == jnp.int8:
     return jnp.dot(x, ternary, preferred_element_type=jnp.int32)
   return jnp.dot(x, ternary.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+def dense_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
+  """XLA's matmul on unpacked weights (the `xla` backend).
+
+  On GPU, int8 activations go through a bf16 matmul with float32 sums: XLA's int8
+  GEMM ran at half the bf16 speed at batch 1024 on the large H100 shapes
+  (experiments/bench/results_h100/kernels.txt), and the bf16 route is still exact
+  (int8 values times {-1, 0, 1}, sums below 2**24 for K < EXACT_BF16_MAX_K).
+  """
+  k = x.shape[-1]
+  if x.dtype == jnp.int8 and jax.default_backend() == "gpu" and k < EXACT_BF16_MAX_K:
+    return reference_sums(x.astype(jnp.bfloat16), packed).astype(jnp.int32)
+  return reference_sums(x, packed)
 
 
 def gpu_sums(x, packed, *, gemv: gpu.GemvConfig | None = None,
@@ -72,17 +87,23 @@ def gemv_config(packed_shape: tuple[int, int]) -> gpu.GemvConfig:
 
 
 def tiled_config(packed_shape: tuple[int, int], m: int) -> gpu.TiledConfig:
-  """Blocks for the tensor-core kernel (tuned on an H100 at M=16): small M tiles, deep K tiles."""
+  """Blocks for the tensor-core kernel (tuned on an H100 at M=16).
+
+  Small M tiles; column blocks narrow enough for ~128 programs when N is small;
+  deep K tiles at bm=16 (wider M tiles would overflow shared memory with them).
+  """
   rows, n = packed_shape
   bm = next(b for b in (16, 32, 64) if m <= b or b == 64)
-  tile_rows = _largest_pow2_dividing(rows, 64)
-  return gpu.TiledConfig(bm=bm, bn=_largest_pow2_dividing(n, 64), tile_rows=tile_rows,
-                         num_warps=8)
+  bn = _largest_pow2_dividing(n, 64)
+  while n // bn < 128 and bn > 16 and n % (bn // 2) == 0:
+    bn //= 2
+  tile_rows = _largest_pow2_dividing(rows, 64 if bm == 16 else 32)
+  return gpu.TiledConfig(bm=bm, bn=bn, tile_rows=tile_rows, num_warps=8)
 
 
 def _int8_mxu() -> bool:
-  kind = jax.devices()[0].device_kind
-  return not kind.startswith(TPU_WITHOUT_INT8_MXU)
+  """Whether the TPU running this has an int8 MXU path (v5e and later)."""
+  return not jax.devices()[0].device_kind.startswith(TPU_WITHOUT_INT8_MXU)
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))
@@ -94,7 +115,7 @@ def _sums(x2d, packed, backend):
   elif backend == "auto":
     backend = "pallas_tpu" if jax.default_backend() == "tpu" else "xla"
   if backend == "xla":
-    return reference_sums(x2d, packed)
+    return dense_sums(x2d, packed)
   if backend == "pallas_tpu":
     return tpu.matmul(x2d, packed, int8_mxu=_int8_mxu())
   if backend == "pallas_gpu":
@@ -116,7 +137,9 @@ def ternary_matmul(
   activations="int8": int8 x is used as is (int32 sums, bit-exact across backends);
   float x is first quantized per token to int8 (absmax, as in BitNet b1.58) and the
   result rescaled. activations="bf16": x is cast to bfloat16, sums in float32.
-  `scale` is the weight scale, a scalar or one per output column. `backend="auto"`
+  `scale` is the weight scale, a scalar or one per output column. Inside
+  `jax.shard_map` (sharded weights), pass `check_vma=False`: Pallas kernels do not
+  declare how their outputs vary over manual mesh axes. `backend="auto"`
   takes the Pallas TPU kernel on TPU; on GPU the Pallas kernels up to
   GPU_KERNEL_MAX_ROWS rows and XLA on unpacked weights above; the jnp path elsewhere.
   """

@@ -114,7 +114,8 @@ def method_fn(method: Method, **overrides):
 def time_method(method: Method, m: int, k: int, n: int, key, **overrides) -> float:
   """Median seconds per matrix of x (m, k) times distinct (k, n) weights."""
   bytes_per_matrix = k * n * method.weight_bytes_per_element
-  count = min(MAX_MATRICES, max(MIN_MATRICES, math.ceil(MIN_BYTES_PER_PROGRAM / bytes_per_matrix)))
+  wanted = math.ceil(MIN_BYTES_PER_PROGRAM / bytes_per_matrix)
+  count = min(MAX_MATRICES, max(MIN_MATRICES, wanted))
   weights = random_weights(method, k, n, count, key)
   if method.activation_dtype == jnp.int8:
     x = jax.random.randint(key, (m, k), -127, 128, jnp.int8)
@@ -148,7 +149,7 @@ def check_correctness(key) -> list[str]:
   return failures
 
 
-def run_table(out_dir: str | None, shapes, batches) -> str:
+def run_table(out_dir: str | None, shapes, batches, methods=METHODS) -> str:
   key = jax.random.key(0)
   device = jax.devices()[0].device_kind
   bandwidth = copy_bandwidth()
@@ -161,8 +162,14 @@ def run_table(out_dir: str | None, shapes, batches) -> str:
   for k, n in shapes:
     for m in batches:
       baseline = None
-      for method in METHODS:
-        seconds = time_method(method, m, k, n, key)
+      for method in methods:
+        try:
+          seconds = time_method(method, m, k, n, key)
+        except Exception as error:  # e.g. a block choice the GPU cannot hold; keep going
+          lines.append(f"{f'{k}x{n}':>12} {m:>5} {method.name:>12} failed: "
+                       f"{type(error).__name__}: {str(error)[:100]}")
+          print(lines[-1], flush=True)
+          continue
         baseline = baseline or seconds
         read = k * n * method.weight_bytes_per_element + m * k * (
             2 if method.activation_dtype == jnp.bfloat16 else 1)
@@ -187,11 +194,11 @@ def _to_bf16(model):
   return model
 
 
-def _forward_seconds(model, tokens) -> float:
+def _forward_seconds(model, inputs, call=lambda module, inputs: module(inputs)) -> float:
   from flax import nnx
   graphdef, state = nnx.split(model)
-  step = jax.jit(lambda state, tokens: nnx.merge(graphdef, state)(tokens))
-  return median_seconds(step, state, tokens, reps=30, warmup=3)
+  step = jax.jit(lambda state, inputs: call(nnx.merge(graphdef, state), inputs))
+  return median_seconds(step, state, inputs, reps=30, warmup=3)
 
 
 def _config_module(path: str):
@@ -216,7 +223,7 @@ def run_decode(out_dir: str | None, size: str) -> str:
   lines = [f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; decode step, one "
            f"token, batch 1, configs/lm.py:{size} shape with random weights, no KV cache "
            "(attention over one position); all floating weights stored in bf16"]
-  results = {}
+  results, parts = {}, {}
   for precision in ("bf16", "b1.58"):
     cfg = DecoderConfig(**{**get_config(f"{size},precision={precision}").model.to_dict(),
                            "remat": False})
@@ -234,6 +241,13 @@ def run_decode(out_dir: str | None, size: str) -> str:
           if "embed" in jax.tree_util.keystr(path) or "norm" in jax.tree_util.keystr(path))
     seconds = _forward_seconds(model, tokens)
     results[precision] = (seconds, weight_bytes, linear_bytes)
+    hidden = jnp.ones((1, 1, cfg.hidden_size), jnp.bfloat16)
+    block = model.layers[0]
+    parts[precision] = {
+        "one block": _forward_seconds(
+            block, hidden, call=lambda m, x: m(x, jnp.zeros((1, 1), jnp.int32))),
+        f"mlp.up_proj {cfg.hidden_size}x{cfg.mlp_hidden_size}": _forward_seconds(
+            block.mlp.up_proj, hidden)}
     del model
   bf16_seconds, _, bf16_linear = results["bf16"]
   lines.append(f"{'precision':>9} {'ms/token':>9} {'tokens/s':>9} {'weights GiB':>11} "
@@ -242,6 +256,9 @@ def run_decode(out_dir: str | None, size: str) -> str:
     lines.append(f"{precision:>9} {seconds * 1e3:>9.3f} {1 / seconds:>9.1f} "
                  f"{weight_bytes / 2**30:>11.3f} {linear_bytes / 2**30:>10.3f} "
                  f"{bf16_seconds / seconds:>7.2f} {linear_bytes / bf16_linear:>10.4f}")
+  for part in parts["bf16"]:
+    lines.append(f"{part}: bf16 {parts['bf16'][part] * 1e6:.1f} us, packed b1.58 "
+                 f"{parts['b1.58'][part] * 1e6:.1f} us (each timed alone, one jitted call)")
   table = "\n".join(lines)
   print(table, flush=True)
   if out_dir:
@@ -306,6 +323,8 @@ def main(argv=None):
   parser.add_argument("--out", default=None, help="directory for kernels.txt")
   parser.add_argument("--shapes", default=None, help="e.g. 4096x14336,8192x28672")
   parser.add_argument("--batches", default=None, help="e.g. 1,16")
+  parser.add_argument("--methods", default=None,
+                      help=f"table mode, comma-separated subset of {[m.name for m in METHODS]}")
   args = parser.parse_args(argv)
   shapes = SHAPES if not args.shapes else tuple(
       tuple(int(v) for v in s.split("x")) for s in args.shapes.split(","))
@@ -317,7 +336,9 @@ def main(argv=None):
   elif args.mode == "decode":
     run_decode(args.out, args.size)
   else:
-    run_table(args.out, shapes, batches)
+    methods = METHODS if not args.methods else tuple(
+        m for m in METHODS if m.name in args.methods.split(","))
+    run_table(args.out, shapes, batches, methods)
 
 
 if __name__ == "__main__":
