@@ -94,12 +94,19 @@ def tfidf(examples: TextExamples, max_features: int = 10000, *,
   """TF-IDF (or binary bag-of-words with `binary=True`) features as scipy CSR float32,
   vocabulary and document frequencies from the train split only (scikit-learn's
   TfidfVectorizer: smoothed idf, rows L2-normalised)."""
-  from sklearn.feature_extraction.text import TfidfVectorizer  # Deferred: scikit-learn.
+  import scipy.sparse as sp  # Deferred with scikit-learn.
+  from sklearn.feature_extraction.text import TfidfVectorizer
 
   vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, max_features=max_features,
                                lowercase=False, binary=binary, use_idf=not binary,
                                norm=None if binary else "l2", dtype=np.float32)
   vectorizer.fit(examples.splits["train"]["texts"])
-  splits = {name: {"features": vectorizer.transform(split["texts"]), "labels": split["labels"]}
+  width = len(vectorizer.vocabulary_)
+
+  def features(texts):
+    # scikit-learn refuses an empty list; a tiny corpus can leave a split empty.
+    return vectorizer.transform(texts) if texts else sp.csr_matrix((0, width), dtype=np.float32)
+
+  splits = {name: {"features": features(split["texts"]), "labels": split["labels"]}
             for name, split in examples.splits.items()}
   return Classification(examples.name, splits, examples.class_names)
