@@ -42,7 +42,7 @@ class CompileReport:
   memory: CompiledMemory  # per chip; estimated from the compiler's error if it ran out
   hbm: int | None  # per chip
   out_of_memory: OutOfMemory | None  # the compiler refused: more than the HBM needed
-  compiled_flops: float | None  # per chip and step, XLA's count (remat recomputation included)
+  compiled_flops: float | None  # per chip and step, XLA's cost-model estimate
   analytic_flops: float  # per step, all chips: train_flops_per_token x tokens
 
   @property
@@ -167,8 +167,8 @@ def format_report(report: CompileReport) -> str:
       "attention, per token x tokens)",
   ]
   if report.compiled_flops is not None:
-    lines.append(f"                {report.compiled_flops * chips:.3e} compiled (XLA's count "
-                 f"per chip x {chips} chips; remat recomputation included)")
+    lines.append(f"                {report.compiled_flops * chips:.3e} compiled (XLA's cost "
+                 f"model per chip x {chips} chips: an estimate; MFU uses the analytic count)")
   peak = peak_tflops(report.device_kind)
   if peak:
     ideal = report.analytic_flops / (chips * peak * 1e12)

@@ -47,7 +47,8 @@ SIZES = {
 OPTIM = SimpleNamespace(schedule="constant", lr=1.5e-3, stage2_lr=1e-3, stage1_end_lr=None,
                         warmup_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                         grad_clip=1.0)
-COLUMNS = ("batch", "precision", "step ms", "tokens/s", "TFLOP/s", "MFU", "b1.58/bf16")
+COLUMNS = ("batch", "precision", "step ms", "tokens/s", "TFLOP/s", "MFU", "b1.58/bf16",
+           "compile s")
 
 
 def model_config(size: str, precision: str, remat: bool) -> DecoderConfig:
@@ -90,6 +91,9 @@ def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int,
 
 
 def run(args) -> list[dict]:
+  """Every batch size and precision in turn; the table so far is printed and written to
+  --out after each, so a run cut short keeps what it measured."""
+  print(format_table(args, []), flush=True)
   seq_len = SIZES[args.size][-1]
   device = jax.devices()[0]
   peak = peak_tflops(device.device_kind)
@@ -116,6 +120,9 @@ def run(args) -> list[dict]:
           row["ratio"] = row["step_ms"] / bf16_ms
       rows.append(row)
       print(format_row(row), flush=True)
+      if args.out:
+        with open(args.out, "w") as f:
+          f.write(format_table(args, rows) + "\n")
       jax.clear_caches()  # free the compiled programs and buffers before the next size
       gc.collect()
   return rows
@@ -123,12 +130,12 @@ def run(args) -> list[dict]:
 
 def format_row(row: dict) -> str:
   if row["status"] != "ok":
-    cells = (row["batch"], row["precision"], "OOM", "", "", "", "")
+    cells = (row["batch"], row["precision"], "OOM", "", "", "", "", "")
   else:
     cells = (row["batch"], row["precision"], f"{row['step_ms']:.1f}",
              f"{row['tokens_s']:,.0f}", f"{row['tflops']:.2f}",
              "-" if row["mfu"] is None else f"{row['mfu']:.1%}",
-             f"{row['ratio']:.3f}" if "ratio" in row else "")
+             f"{row['ratio']:.3f}" if "ratio" in row else "", f"{row['compile_s']:.0f}")
   return "".join(f"{str(cell):>12}" for cell in cells)
 
 
@@ -164,11 +171,7 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   rows = run(args)
-  table = format_table(args, rows)
-  print("\n" + table)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(table + "\n")
+  print("\n" + format_table(args, rows))
 
 
 if __name__ == "__main__":
