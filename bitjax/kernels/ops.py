@@ -16,7 +16,6 @@ BACKENDS = ("auto", "xla", "pallas_tpu", "pallas_gpu", "interpret")
 GEMV_TARGET_PROGRAMS = 1024
 GPU_KERNEL_MAX_ROWS = 32  # above this, `auto` on GPU unpacks and calls XLA's matmul
 GEMV_MAX_ROWS = 8  # up to this many rows the GPU streams weights through the GEMV kernel
-EXACT_BF16_MAX_K = 2**24 // 128
 TPU_WITHOUT_INT8_MXU = ("TPU v2", "TPU v3", "TPU v4")
 
 
@@ -31,20 +30,6 @@ def reference_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
   if x.dtype == jnp.int8:
     return jnp.dot(x, ternary, preferred_element_type=jnp.int32)
   return jnp.dot(x, ternary.astype(x.dtype), preferred_element_type=jnp.float32)
-
-
-def dense_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
-  """XLA's matmul on unpacked weights (the `xla` backend).
-
-  On GPU, int8 activations go through a bf16 matmul with float32 sums: XLA's int8
-  GEMM ran at half the bf16 speed at batch 1024 on the large H100 shapes
-  (experiments/bench/results_h100/kernels.txt), and the bf16 route is still exact
-  (int8 values times {-1, 0, 1}, sums below 2**24 for K < EXACT_BF16_MAX_K).
-  """
-  k = x.shape[-1]
-  if x.dtype == jnp.int8 and jax.default_backend() == "gpu" and k < EXACT_BF16_MAX_K:
-    return reference_sums(x.astype(jnp.bfloat16), packed).astype(jnp.int32)
-  return reference_sums(x, packed)
 
 
 def gpu_sums(x, packed, *, gemv: gpu.GemvConfig | None = None,
@@ -115,7 +100,7 @@ def _sums(x2d, packed, backend):
   elif backend == "auto":
     backend = "pallas_tpu" if jax.default_backend() == "tpu" else "xla"
   if backend == "xla":
-    return dense_sums(x2d, packed)
+    return reference_sums(x2d, packed)
   if backend == "pallas_tpu":
     return tpu.matmul(x2d, packed, int8_mxu=_int8_mxu())
   if backend == "pallas_gpu":
