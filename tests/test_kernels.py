@@ -146,3 +146,10 @@ def test_compiled_gpu_kernels_match_the_reference(rng, m):
   ternary, packed, x8 = random_problem(rng, m, 2560, 1024)
   got = kernels.ternary_matmul(jnp.asarray(x8), packed, jnp.float32(1), backend="pallas_gpu")
   np.testing.assert_array_equal(got, x8.astype(np.int64) @ ternary)
+
+
+@pytest.mark.parametrize("m,k,expected", [(1, 6912, True), (8, 2560, True), (16, 4096, True),
+                                          (16, 6912, False), (32, 14336, True),
+                                          (128, 4096, False), (1024, 8192, False)])
+def test_auto_picks_the_gpu_kernel_where_it_measured_faster(m, k, expected):
+  assert ops._gpu_kernel_pays(m, kernels.padded_k(k) // 16) == expected

@@ -86,6 +86,17 @@ def tiled_config(packed_shape: tuple[int, int], m: int) -> gpu.TiledConfig:
   return gpu.TiledConfig(bm=bm, bn=bn, tile_rows=tile_rows, num_warps=8)
 
 
+def _gpu_kernel_pays(m: int, rows: int) -> bool:
+  """Where the Pallas GPU kernels beat XLA on an H100 (experiments/bench/results_h100).
+
+  The GEMV always at m <= GEMV_MAX_ROWS; the tensor-core kernel up to
+  GPU_KERNEL_MAX_ROWS rows when K tiles of 32 word rows fit (otherwise its int8 dots
+  fall back to bf16 and it lost 4x at K=6912, M=16); above, XLA's matmul on the
+  unpacked weights.
+  """
+  return m <= GEMV_MAX_ROWS or (m <= GPU_KERNEL_MAX_ROWS and rows % gpu.INT8_MMA_MIN_K == 0)
+
+
 def _int8_mxu() -> bool:
   """Whether the TPU running this has an int8 MXU path (v5e and later)."""
   return not jax.devices()[0].device_kind.startswith(TPU_WITHOUT_INT8_MXU)
@@ -94,9 +105,7 @@ def _int8_mxu() -> bool:
 @functools.partial(jax.jit, static_argnames=("backend",))
 def _sums(x2d, packed, backend):
   if backend == "auto" and jax.default_backend() == "gpu":
-    # Decoding in the kernel pays only while weight traffic dominates; at larger
-    # batches XLA's dense matmul on the unpacked weights wins (H100 measurements).
-    backend = "pallas_gpu" if x2d.shape[0] <= GPU_KERNEL_MAX_ROWS else "xla"
+    backend = "pallas_gpu" if _gpu_kernel_pays(x2d.shape[0], packed.shape[0]) else "xla"
   elif backend == "auto":
     backend = "pallas_tpu" if jax.default_backend() == "tpu" else "xla"
   if backend == "xla":
@@ -125,8 +134,9 @@ def ternary_matmul(
   `scale` is the weight scale, a scalar or one per output column. Inside
   `jax.shard_map` (sharded weights), pass `check_vma=False`: Pallas kernels do not
   declare how their outputs vary over manual mesh axes. `backend="auto"`
-  takes the Pallas TPU kernel on TPU; on GPU the Pallas kernels up to
-  GPU_KERNEL_MAX_ROWS rows and XLA on unpacked weights above; the jnp path elsewhere.
+  takes the Pallas TPU kernel on TPU; on GPU the Pallas kernels where they beat XLA
+  on an H100 (`_gpu_kernel_pays`), XLA on unpacked weights otherwise; the jnp path
+  elsewhere.
   """
   _check("activations", activations, ACTIVATIONS)
   _check("backend", backend, BACKENDS)
