@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bitjax.infer import PackedDense, pack_model
+from bitjax.infer import PackedDense, export_packed, import_packed, pack_model
 from bitjax.models import Decoder, DecoderConfig
 from bitjax.nn import BitDense
+from bitjax.quant import resolve_precision
 
 
 def small_decoder(precision, seed, **overrides):
@@ -25,13 +26,25 @@ def test_packed_logits_match_training_mode(rng, precision, overrides, backend):
   tokens = jnp.asarray(rng.integers(0, 96, (2, 12)))
   packed, report = pack_model(model, backend=backend)
   want, got = np.asarray(model(tokens)), np.asarray(packed(tokens))
-  # int8 activations are exact in both paths; weight-only models feed the kernel bf16.
-  tolerance = 1e-4 if overrides.get("act_bits") != 0 else 2e-2
-  assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+  # Float rounding differs between the paths, so deep in the model an activation code
+  # can round the other way; layer by layer they agree to 1e-5 (test below).
+  assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
   layers = [m for _, m in nnx.iter_modules(packed) if isinstance(m, PackedDense)]
   assert report.layers == len(layers) == 2 * 7  # q, k, v, o, gate, up, down per block
   assert not [m for _, m in nnx.iter_modules(packed) if isinstance(m, BitDense)
               and m.spec.weight != "none"]
+
+
+@pytest.mark.parametrize("precision,act_bits", [
+    ("b1.58", None), ("b1.58-median", None), ("1bit", None), ("b1.58", 0), ("b1.58", 4)])
+def test_packed_dense_matches_bit_dense(rng, precision, act_bits):
+  spec = resolve_precision(precision, act_bits=act_bits)
+  layer = BitDense(200, 48, spec=spec, rngs=nnx.Rngs(int(rng.integers(1 << 16))))
+  x = jnp.asarray(rng.standard_normal((3, 5, 200)), jnp.float32)
+  want, got = np.asarray(layer(x)), np.asarray(PackedDense(layer, backend="interpret")(x))
+  # int8 activations: the same integers in both paths; weight-only: the kernel reads bf16.
+  tolerance = 1e-5 if act_bits != 0 else 1e-2
+  assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
 
 
 def test_pack_model_leaves_the_trained_model_alone_and_reports_bytes(rng):
@@ -52,3 +65,37 @@ def test_pack_model_leaves_the_trained_model_alone_and_reports_bytes(rng):
 def test_pack_model_refuses_a_full_precision_model():
   with pytest.raises(ValueError, match="b1.58"):
     pack_model(small_decoder("bf16", 0))
+
+
+def test_export_import_round_trip_at_1_6_bits_and_never_overwrites(rng, tmp_path):
+  tokens = jnp.asarray(rng.integers(0, 96, (2, 8)))
+  packed, report = pack_model(small_decoder("b1.58", int(rng.integers(1 << 16))), backend="xla")
+  path = tmp_path / "model.npz"
+  written = export_packed(packed, str(path))
+  assert written < report.weights * 1.6 / 8 * 1.1 + 64 * 1024  # 1.6 bits plus npz headers
+  with pytest.raises(FileExistsError):
+    export_packed(packed, str(path))
+  fresh, _ = pack_model(small_decoder("b1.58", 12345), backend="xla")
+  assert not np.allclose(fresh(tokens), packed(tokens))
+  import_packed(fresh, str(path))
+  # Only the packed layers travel; embeddings and norms come from the fresh model's
+  # own init, so compare the packed weights themselves.
+  for (_, a), (_, b) in zip(nnx.iter_modules(packed), nnx.iter_modules(fresh)):
+    if isinstance(a, PackedDense):
+      np.testing.assert_array_equal(a.packed.get_value(), b.packed.get_value())
+      np.testing.assert_array_equal(a.scale.get_value(), b.scale.get_value())
+
+
+def test_import_refuses_another_format_or_architecture(rng, tmp_path):
+  packed, _ = pack_model(small_decoder("b1.58", 0), backend="xla")
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, format=np.array("bitjax-ternary-v0"))
+  with pytest.raises(ValueError, match="bitjax-ternary-v0"):
+    import_packed(packed, str(bad))
+  path = tmp_path / "model.npz"
+  export_packed(packed, str(path))
+  wider = DecoderConfig(precision="b1.58", vocab_size=96, hidden_size=64, num_layers=2,
+                        num_heads=4, mlp_hidden_size=192, compute_dtype="float32")
+  other, _ = pack_model(Decoder(wider, rngs=nnx.Rngs(0)), backend="xla")
+  with pytest.raises(ValueError, match="has shape"):
+    import_packed(other, str(path))

@@ -1,5 +1,7 @@
 """Inference on packed ternary weights."""
 
-from bitjax.infer.packed import PackedDense, PackedWeight, PackReport, pack_model
+from bitjax.infer.packed import (PackedDense, PackedWeight, PackReport, export_packed,
+                                  import_packed, pack_model)
 
-__all__ = ["PackReport", "PackedDense", "PackedWeight", "pack_model"]
+__all__ = ["PackReport", "PackedDense", "PackedWeight", "export_packed", "import_packed",
+           "pack_model"]

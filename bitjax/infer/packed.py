@@ -4,18 +4,22 @@
 the codes with `bitjax.kernels.pack_ternary` and swaps in a `PackedDense` that runs
 `ternary_matmul`; everything else (embeddings, norms, full-precision head) is
 kept as is. The packed model is a new object; the trained one is left untouched.
+`export_packed` / `import_packed` move the packed layers through a versioned file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from bitjax.kernels import FORMAT_NAME, pack_ternary, ternary_matmul, ternary_to_codes
+from bitjax.kernels import (FORMAT_NAME, pack_base3, pack_ternary, ternary_matmul,
+                            ternary_to_codes, unpack_base3, unpack_ternary)
 from bitjax.nn import BitDense
 from bitjax.quant import QuantSpec
 from bitjax.quant.quantizers import quantize_activation, quantize_weight
@@ -90,10 +94,12 @@ def _ternary_layers(model: nnx.Module):
           if isinstance(module, BitDense) and module.spec.weight in PACKABLE_WEIGHTS]
 
 
+def _child(node, key):
+  return node[key] if isinstance(key, int) else getattr(node, key)
+
+
 def _replace(model: nnx.Module, path, new) -> None:
-  parent = model
-  for key in path[:-1]:
-    parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+  parent = functools.reduce(_child, path[:-1], model)
   if isinstance(path[-1], int):
     parent[path[-1]] = new
   else:
@@ -102,19 +108,63 @@ def _replace(model: nnx.Module, path, new) -> None:
 
 def pack_model(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, PackReport]:
   """A copy of `model` with every ternary/binary BitDense packed, and the byte report."""
-  layers = _ternary_layers(model)
-  if not layers:
+  if not _ternary_layers(model):
     raise ValueError("the model has no BitDense layer with packable weights "
                      f"(weight_quant in {list(PACKABLE_WEIGHTS)}); was it built with a "
                      "quantized precision such as b1.58?")
   packed_model = nnx.clone(model)
+  layers = _ternary_layers(packed_model)
   weights = packed_bytes = 0
-  for path, _ in _ternary_layers(packed_model):
-    layer = packed_model
-    for key in path:
-      layer = layer[key] if isinstance(key, int) else getattr(layer, key)
+  for path, layer in layers:
     packed = PackedDense(layer, backend=backend)
     weights += math.prod(layer.kernel.get_value().shape)
     packed_bytes += packed.packed.get_value().nbytes + packed.scale.get_value().nbytes
     _replace(packed_model, path, packed)
   return packed_model, PackReport(len(layers), weights, packed_bytes, weights * BF16_BYTES)
+
+
+def _packed_layers(model: nnx.Module) -> dict[str, PackedDense]:
+  return {"/".join(map(str, path)): module for path, module in nnx.iter_modules(model)
+          if isinstance(module, PackedDense)}
+
+
+def export_packed(model: nnx.Module, path: str) -> int:
+  """Write a packed model's ternary layers to `path` (.npz); returns the bytes written.
+
+  Codes are stored five to a byte in base 3 (1.6 bits a weight) with their float32
+  scales, shapes and the format name; kernels' words are rebuilt on import. An
+  existing file is never overwritten.
+  """
+  layers = _packed_layers(model)
+  if not layers:
+    raise ValueError("the model has no PackedDense layer; call pack_model first")
+  arrays = {"format": np.array(FORMAT_NAME)}
+  for name, layer in layers.items():
+    codes = np.asarray(unpack_ternary(layer.packed.get_value(), layer.in_features))
+    arrays[f"{name}:codes"] = pack_base3(codes)
+    arrays[f"{name}:shape"] = np.array(codes.shape)
+    arrays[f"{name}:scale"] = np.asarray(layer.scale.get_value())
+  with open(path, "xb") as f:  # "x": refuse to replace an earlier export
+    np.savez(f, **arrays)
+    return f.tell()
+
+
+def import_packed(model: nnx.Module, path: str) -> None:
+  """Load `export_packed`'s file into a packed model of the same architecture, in place."""
+  layers = _packed_layers(model)
+  with np.load(path) as stored:
+    found = str(stored["format"]) if "format" in stored else None
+    if found != FORMAT_NAME:
+      raise ValueError(f"{path}: format {found!r}; this bitjax reads {FORMAT_NAME!r}")
+    names = {key.split(":")[0] for key in stored.files if ":" in key}
+    if names != set(layers):
+      raise ValueError(f"{path}: layers {sorted(names ^ set(layers))} are in only one of "
+                       "the file and the model")
+    for name, layer in layers.items():
+      shape = tuple(int(v) for v in stored[f"{name}:shape"])
+      if shape != (layer.in_features, layer.out_features):
+        raise ValueError(f"{path}: layer {name} has shape {shape}, the model "
+                         f"{(layer.in_features, layer.out_features)}")
+      codes = unpack_base3(stored[f"{name}:codes"], shape)
+      layer.packed.set_value(pack_ternary(jnp.asarray(codes)))
+      layer.scale.set_value(jnp.asarray(stored[f"{name}:scale"], jnp.float32))
