@@ -1,5 +1,7 @@
 """pack_model: packed inference gives the training-mode logits and stores 2 bits a weight."""
 
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from bitjax.infer import PackedDense, export_packed, import_packed, pack_model
 from bitjax.models import Decoder, DecoderConfig
 from bitjax.nn import BitDense
 from bitjax.quant import resolve_precision
+from multidevice import json_result, run_on_8_devices
 
 
 def small_decoder(precision, seed, **overrides):
@@ -99,3 +102,44 @@ def test_import_refuses_another_format_or_architecture(rng, tmp_path):
   other, _ = pack_model(Decoder(wider, rngs=nnx.Rngs(0)), backend="xla")
   with pytest.raises(ValueError, match="has shape"):
     import_packed(other, str(path))
+
+
+SHARDED_PACKED_SCRIPT = textwrap.dedent("""
+    import json, numpy as np, jax, jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from bitjax.infer import PackedDense
+    from bitjax.nn import BitDense
+    from bitjax.quant import resolve_precision
+    from bitjax.parallel import make_mesh, state_shardings
+    from bitjax.parallel.sharding import sharded_jit
+    rng = np.random.default_rng(int(__import__("sys").argv[1]))
+    results = {}
+    # Column-parallel (K=512 stays whole) and row-parallel (K=2048 splits in whole blocks).
+    for din, dout, axes in [(512, 1024, ("embed", "mlp")), (2048, 512, ("mlp", "embed"))]:
+      bit = BitDense(din, dout, spec=resolve_precision("b1.58"), norm=None, kernel_axes=axes,
+                     rngs=nnx.Rngs(int(rng.integers(1 << 16))))
+      graphdef, state = nnx.split(PackedDense(bit, backend="interpret"))
+      x = jnp.asarray(rng.standard_normal((8, 4, din)), jnp.float32)
+      forward = lambda s, x: nnx.merge(graphdef, s)(x)
+      want = jax.jit(forward)(state, x)
+      for sizes in [(2, 2, 2), (1, 8, 1), (1, 1, 8), (8, 1, 1)]:
+        mesh = make_mesh(*sizes)
+        shardings = state_shardings(state, mesh)
+        fn = sharded_jit(forward, mesh, in_shardings=(shardings, NamedSharding(mesh, P())),
+                         out_shardings=NamedSharding(mesh, P()))
+        lowered = fn.lower(jax.device_put(state, shardings), x)
+        got = fn(jax.device_put(state, shardings), x)
+        results[f"{din}x{dout} {sizes}"] = [float(jnp.abs(got - want).max()),
+                                            "manual_computation" in lowered.as_text()]
+    print(json.dumps(results))
+""")
+
+
+def test_packed_layers_run_per_device_under_a_mesh(rng):
+  """Sharded packed layers (kernels inside shard_map) give exactly the one-device output."""
+  results = json_result(run_on_8_devices(SHARDED_PACKED_SCRIPT, str(rng.integers(1 << 30))))
+  assert len(results) == 8
+  for name, (max_diff, in_shard_map) in results.items():
+    assert in_shard_map, name
+    assert max_diff == 0.0, name

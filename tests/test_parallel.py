@@ -1,10 +1,6 @@
 """Meshes, logical-axis shardings, multi-host helpers, and sharded training on 8 virtual
 CPU devices (in subprocesses) against one device."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,23 +13,7 @@ from jax.sharding import PartitionSpec as P
 from bitjax.parallel import (logical_to_spec, make_mesh, process_batch_block,
                              with_logical_constraint)
 from bitjax.parallel.multihost import distributed_requested
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_on_8_devices(script: str, *args: str) -> subprocess.Popen:
-  """Start `script` in a fresh interpreter that sees 8 virtual CPU devices."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-  return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-
-
-def json_result(process: subprocess.Popen, timeout: float = 600):
-  """The JSON document `process` printed last; its stderr on failure."""
-  stdout, stderr = process.communicate(timeout=timeout)
-  assert process.returncode == 0, stderr[-4000:]
-  return json.loads(stdout.strip().splitlines()[-1])
+from multidevice import json_result, run_on_8_devices
 
 
 def test_logical_to_spec_uses_each_mesh_axis_once():

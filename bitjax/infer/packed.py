@@ -55,14 +55,15 @@ class PackedDense(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm is not None:
       x = self.norm(x)
+    matmul = functools.partial(ternary_matmul, packed=self.packed[...], scale=self.scale[...],
+                               backend=self.backend,
+                               weight_axes=self.packed.get_metadata().get("out_sharding"))
     bits = self.spec.act_bits
     if bits is not None and bits <= 8:
       x_int, x_scale = quantize_activation(x, bits, self.spec.act_granularity)
-      y = ternary_matmul(x_int, self.packed[...], self.scale[...], activations="int8",
-                         backend=self.backend) * x_scale
+      y = matmul(x_int, activations="int8") * x_scale
     else:
-      y = ternary_matmul(x, self.packed[...], self.scale[...], activations="bf16",
-                         backend=self.backend)
+      y = matmul(x, activations="bf16")
     y = y.astype(self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)

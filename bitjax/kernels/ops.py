@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from bitjax.kernels import gpu, tpu
-from bitjax.kernels.format import CODES_PER_WORD, padded_k, unpack_ternary
+from bitjax.kernels.format import CODES_PER_WORD, ROWS_PER_BLOCK, padded_k, unpack_ternary
 from bitjax.quant.quantizers import quantize_activation
 
 ACTIVATIONS = ("int8", "bf16")
@@ -117,6 +119,39 @@ def _sums(x2d, packed, backend):
   return tpu.matmul(x2d, packed, interpret=True)  # "interpret"
 
 
+def _mesh_axes(spec_entry) -> tuple[str, ...]:
+  return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry or ())
+
+
+def _sharded_sums(x2d, packed, backend, weight_axes, mesh):
+  """`_sums` per device under jax.shard_map (Pallas kernels cannot be auto-partitioned).
+
+  Columns split as the weight's logical axes say; the contraction splits too when every
+  shard holds whole format blocks (the partial sums are then added with psum); rows of
+  x split over the batch axes that are left.
+  """
+  from bitjax.parallel.sharding import fitted_spec, logical_to_spec
+
+  def size(axes):
+    return math.prod(mesh.shape[a] for a in axes)
+
+  rows_spec, cols_spec = fitted_spec(packed.shape, weight_axes, mesh.shape)
+  k_axes = _mesh_axes(rows_spec)
+  if k_axes and (packed.shape[0] // size(k_axes)) % ROWS_PER_BLOCK:
+    rows_spec, k_axes = None, ()
+  used = set(k_axes) | set(_mesh_axes(cols_spec))
+  batch = tuple(a for a in _mesh_axes(logical_to_spec(("batch",))[0]) if a not in used)
+  batch_spec = batch if batch and x2d.shape[0] % size(batch) == 0 else None
+
+  def local(x, words):
+    sums = _sums(x, words, backend)
+    return jax.lax.psum(sums, k_axes) if k_axes else sums
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(batch_spec, rows_spec),
+                                                   P(rows_spec, cols_spec)),
+                       out_specs=P(batch_spec, cols_spec), check_vma=False)(x2d, packed)
+
+
 def ternary_matmul(
     x: jax.Array,
     packed: jax.Array,
@@ -125,15 +160,18 @@ def ternary_matmul(
     activations: str = "int8",
     backend: str = "auto",
     out_dtype=jnp.float32,
+    weight_axes: tuple[str | None, str | None] | None = None,
 ) -> jax.Array:
   """x (..., K) times ternary weights packed as (padded_k(K) / 16, N), times `scale`.
 
   activations="int8": int8 x is used as is (int32 sums, bit-exact across backends);
   float x is first quantized per token to int8 (absmax, as in BitNet b1.58) and the
   result rescaled. activations="bf16": x is cast to bfloat16, sums in float32.
-  `scale` is the weight scale, a scalar or one per output column. Inside
-  `jax.shard_map` (sharded weights), pass `check_vma=False`: Pallas kernels do not
-  declare how their outputs vary over manual mesh axes. `backend="auto"`
+  `scale` is the weight scale, a scalar or one per output column. Under a mesh
+  (`jax.set_mesh`, or bitjax.parallel.sharded_jit), give the weight's logical axes as
+  `weight_axes` and the kernels run per device inside `jax.shard_map`; when calling
+  from your own `jax.shard_map`, pass it `check_vma=False` (Pallas kernels do not
+  declare how their outputs vary over manual mesh axes). `backend="auto"`
   takes the Pallas TPU kernel on TPU; on GPU the Pallas kernels where they beat XLA
   on an H100 (`_gpu_kernel_pays`), XLA on unpacked weights otherwise; the jnp path
   elsewhere.
@@ -155,7 +193,12 @@ def ternary_matmul(
   elif activations == "bf16":
     x2d = x2d.astype(jnp.bfloat16)
   x2d = jnp.pad(x2d, ((0, 0), (0, k_pad - k)))
-  out = _sums(x2d, packed, backend).astype(jnp.float32) * scale.astype(jnp.float32)
+  mesh = jax.sharding.get_abstract_mesh()
+  if weight_axes is not None and not mesh.empty and mesh.size > 1 and backend != "xla":
+    sums = _sharded_sums(x2d, packed, backend, weight_axes, mesh)
+  else:
+    sums = _sums(x2d, packed, backend)
+  out = sums.astype(jnp.float32) * scale.astype(jnp.float32)
   if x_scale is not None:
     out = out * x_scale
   return out.reshape(*lead, -1).astype(out_dtype)

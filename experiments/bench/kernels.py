@@ -211,8 +211,6 @@ def _config_module(path: str):
 
 def run_decode(out_dir: str | None, size: str) -> str:
   """One token through a `configs/lm.py:SIZE`-shaped decoder: packed b1.58 vs BF16."""
-  import dataclasses as dc
-
   from flax import nnx
 
   from bitjax.infer import pack_model
