@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.mlp import check_hidden_sizes, dense_stack
+from bitjax.models.mlp import check_dropout, check_hidden_sizes, dense_stack, dropout
 from bitjax.models.precision import ModelConfig, check_one_of, check_positive_ints
 
 GNN_ARCHITECTURES = ("sgc", "gcn")
@@ -40,11 +40,13 @@ class GNNConfig(ModelConfig):
   propagation_steps: int = 2  # SGC's K (a GCN propagates once per layer instead)
   hidden_sizes: tuple[int, ...] = ()  # SGC: () is logistic regression; GCN: e.g. (64,)
   use_bias: bool = False
+  dropout: float = 0.0  # on every dense layer's input while training (GCN: 0.5)
 
   def __post_init__(self):
     check_one_of(self, "architecture", GNN_ARCHITECTURES)
     check_positive_ints(self, "input_dim", "num_classes", "propagation_steps")
     check_hidden_sizes(self, allow_empty=True)
+    check_dropout(self)
     super().__post_init__()
 
 
@@ -68,14 +70,16 @@ def propagate(x: jax.Array, senders: jax.Array, receivers: jax.Array, edge_weigh
 
 class GNN(nnx.Module):
   """(features [nodes, input_dim], senders [edges], receivers [edges], edge_mask [edges])
-  -> logits [nodes, num_classes] (float32)."""
+  -> logits [nodes, num_classes] (float32); `dropout_rng` (training) applies
+  `cfg.dropout` before every dense layer."""
 
   def __init__(self, cfg: GNNConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.layers = dense_stack(cfg, rngs=rngs)
 
   def __call__(self, features: jax.Array, senders: jax.Array, receivers: jax.Array,
-               edge_mask: jax.Array | None = None) -> jax.Array:
+               edge_mask: jax.Array | None = None,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
     if edge_mask is None:
       edge_mask = jnp.ones(senders.shape, bool)
     edge_weight, self_weight = normalized_adjacency(senders, receivers, edge_mask,
@@ -85,7 +89,8 @@ class GNN(nnx.Module):
       for _ in range(self.cfg.propagation_steps):
         x = propagate(x, senders, receivers, edge_weight, self_weight)
     for i, layer in enumerate(self.layers):
-      x = layer(x)
+      key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      x = layer(dropout(x, self.cfg.dropout, key))
       if self.cfg.architecture == "gcn":
         x = propagate(x, senders, receivers, edge_weight, self_weight)
       if i < len(self.layers) - 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from bitjax.models.precision import ModelConfig, check_positive_ints, field_error
@@ -29,11 +30,27 @@ class MLPConfig(ModelConfig):
   num_classes: int = 10
   hidden_sizes: tuple[int, ...] = (1024,)  # one entry: WideMLP; more: a deeper MLP
   use_bias: bool = False  # BitNet layers have none; the paper's 16-bit baselines do
+  dropout: float = 0.0  # on every layer's input while training (WideMLP: 0.5)
 
   def __post_init__(self):
     check_positive_ints(self, "input_dim", "num_classes")
     check_hidden_sizes(self)
+    check_dropout(self)
     super().__post_init__()
+
+
+def check_dropout(cfg) -> None:
+  if not isinstance(cfg.dropout, (int, float)) or not 0 <= cfg.dropout < 1:
+    raise field_error("dropout", cfg.dropout, "must be a rate in [0, 1)")
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout drawn from an explicit key, so a train step stays a pure function
+  of (state, batch, key); no key (evaluation) or rate 0 leaves x unchanged."""
+  if rng is None or not rate:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def check_hidden_sizes(cfg, *, allow_empty: bool = False) -> None:
@@ -68,14 +85,18 @@ def dense_stack(cfg, *, rngs: nnx.Rngs) -> nnx.List:
 
 
 class MLPClassifier(nnx.Module):
-  """features [batch, input_dim] (float) -> logits [batch, num_classes] (float32)."""
+  """features [batch, input_dim] (float) -> logits [batch, num_classes] (float32);
+  `dropout_rng` (training) applies `cfg.dropout` before every layer."""
 
   def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.layers = dense_stack(cfg, rngs=rngs)
 
-  def __call__(self, features: jax.Array) -> jax.Array:
+  def __call__(self, features: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
     x = features
-    for layer in self.layers[:-1]:
-      x = jax.nn.relu(layer(x))
-    return self.layers[-1](x).astype("float32")
+    for i, layer in enumerate(self.layers):
+      key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      x = layer(dropout(x, self.cfg.dropout, key))
+      if i < len(self.layers) - 1:
+        x = jax.nn.relu(x)
+    return x.astype("float32")

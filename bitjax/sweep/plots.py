@@ -219,3 +219,44 @@ def plot_training_curves(curves: dict[str, list[dict]], out_dir: str, rows=None)
   eval_ax.tick_params(labelleft=True)
   fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=8.5)
   return _save(fig, out_dir, "training_curves")
+
+
+def precision_order(precisions) -> list[str]:
+  """Distinct precisions, full precision first, in the order of STYLES."""
+  return sorted(dict.fromkeys(precisions), key=_table_order)
+
+
+def plot_task_comparison(cells: list[dict], out_dir: str) -> list[str]:
+  """One panel per task, a group of bars per setting, one bar per precision: the mean
+  over seeds with the standard deviation as error bar (cells from report.seed_cells)."""
+  tasks = list(dict.fromkeys(c["task"] for c in cells))
+  precisions = precision_order(c["precision"] for c in cells)
+  styles = _styles(precisions)
+  cols = min(len(tasks), 3)
+  rows = -(-len(tasks) // cols)
+  fig = Figure(figsize=(5.2 * cols, 4.2 * rows), layout="constrained")
+  width = 0.8 / len(precisions)
+  for index, task in enumerate(tasks):
+    ax = fig.add_subplot(rows, cols, index + 1)
+    mine = [c for c in cells if c["task"] == task]
+    settings = list(dict.fromkeys(c["setting"] for c in mine))
+    metric = mine[0]["metric"]
+    scale = 100.0 if metric == "accuracy" else 1.0
+    lows = []
+    for p_index, precision in enumerate(precisions):
+      by_setting = {c["setting"]: c for c in mine if c["precision"] == precision}
+      xs = [i + (p_index - (len(precisions) - 1) / 2) * width
+            for i, s in enumerate(settings) if s in by_setting]
+      means = [by_setting[s]["mean"] * scale for s in settings if s in by_setting]
+      stds = [np.nan_to_num(by_setting[s]["std"]) * scale for s in settings if s in by_setting]
+      lows += [m - d for m, d in zip(means, stds)]
+      ax.bar(xs, means, width, yerr=stds, capsize=2, color=styles[precision][0],
+             label=precision)
+    ax.set_xticks(range(len(settings)), [s.replace(", ", "\n") for s in settings], fontsize=8)
+    if lows:  # zoom in on the differences instead of starting at zero
+      top = max(c["mean"] * scale + np.nan_to_num(c["std"]) * scale for c in mine)
+      ax.set_ylim(min(lows) - 0.15 * (top - min(lows) + 1e-9), top + 0.1 * (top - min(lows)))
+    _decorate(ax, task, "", "accuracy (%)" if scale == 100.0 else f"eval {metric}")
+  fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center",
+             ncols=len(precisions))
+  return _save(fig, out_dir, "small_models")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from bitjax.sweep import runner
 
 PLOTS_DIR = "plots"
@@ -22,13 +24,74 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def seed_cells(rows: list[dict]) -> list[dict]:
+  """Runs that differ only in their seed, as one cell: mean and standard deviation
+  (ddof=1) of the task's headline metric (summary's `metric`), in sweep order."""
+  cells = {}
+  for row in rows:
+    setting = tuple((k, v) for k, v in row["labels"].items() if k not in ("seed", "precision"))
+    cells.setdefault((row["task"], setting, row["precision"]), []).append(row)
+  out = []
+  for (task, setting, precision), members in cells.items():
+    metric = members[0]["metric"]
+    values = np.array([m[f"eval_{metric}"] for m in members], np.float64)
+    out.append({"task": task, "setting": ", ".join(f"{k}={v}" for k, v in setting),
+                "precision": precision, "metric": metric, "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                "seeds": len(values), "params": members[0]["params"],
+                "weight_kbytes": members[0]["weight_memory_bits"] / 8e3})
+  return out
+
+
+def format_cells(cells: list[dict]) -> str:
+  """A markdown table: one line per (task, setting), one column per precision with
+  mean ± std over seeds (accuracy in %), then the parameters per precision."""
+  from bitjax.sweep.plots import precision_order
+
+  precisions = precision_order(c["precision"] for c in cells)
+  lines = ["| task | setting | metric | " + " | ".join(precisions) + " | params | seeds |",
+           "|---" * (len(precisions) + 5) + "|"]
+  settings = list(dict.fromkeys((c["task"], c["setting"]) for c in cells))
+  for task, setting in settings:
+    row = {c["precision"]: c for c in cells if (c["task"], c["setting"]) == (task, setting)}
+    first = next(iter(row.values()))
+    scale = 100.0 if first["metric"] == "accuracy" else 1.0
+    values = [f"{row[p]['mean'] * scale:.2f} ± {row[p]['std'] * scale:.2f}" if p in row else ""
+              for p in precisions]
+    metric = "accuracy %" if scale == 100.0 else first["metric"]
+    seeds = "/".join(sorted({str(c["seeds"]) for c in row.values()}))
+    lines.append(f"| {task} | {setting} | {metric} | " + " | ".join(values)
+                 + f" | {first['params']:,} | {seeds} |")
+  return "\n".join(lines)
+
+
+def analyze_tasks(rows: list[dict], workdir: str) -> str:
+  """Report of non-LM runs: results.md (mean ± std per cell) and a comparison plot."""
+  from bitjax.sweep import plots
+
+  cells = seed_cells(rows)
+  table = format_cells(cells)
+  path = os.path.join(workdir, "results.md")
+  with open(path, "w") as f:
+    f.write(table + "\n")
+  paths = plots.plot_task_comparison(cells, os.path.join(workdir, PLOTS_DIR))
+  return "\n".join([table, "", f"table: {path}",
+                    "plots: " + ", ".join(p for p in paths if p.endswith(".png"))])
+
+
 def analyze(workdir: str) -> str:
   """Collect every finished run under `workdir`, write results.csv, fit, plot; returns
-  the report printed by `python -m bitjax sweep` and `python -m bitjax plot`."""
+  the report printed by `python -m bitjax sweep` and `python -m bitjax plot`. Language
+  models get scaling fits; other tasks a mean ± std table over seeds (analyze_tasks)."""
   from bitjax.sweep import fit, plots
 
-  rows = runner.collect_results(workdir)
-  csv_path = runner.write_csv(rows, os.path.join(workdir, runner.RESULTS_CSV))
+  all_rows = runner.collect_results(workdir)
+  csv_path = runner.write_csv(all_rows, os.path.join(workdir, runner.RESULTS_CSV))
+  rows = [r for r in all_rows if r.get("task", "lm") == "lm"]
+  others = [r for r in all_rows if r.get("task", "lm") != "lm"]
+  task_report = analyze_tasks(others, workdir) if others else ""
+  if not rows:
+    return "\n".join([task_report, f"results: {csv_path}"])
   summary = fit.summarize(rows)
   out_dir = os.path.join(workdir, PLOTS_DIR)
   os.makedirs(out_dir, exist_ok=True)
@@ -39,4 +102,5 @@ def analyze(workdir: str) -> str:
       format_table(rows), "", fit.format_summary(summary), "",
       f"results: {csv_path}",
       "plots: " + ", ".join(p for p in paths if p.endswith(".png")),
+      *([task_report] if task_report else []),
   ])

@@ -37,7 +37,7 @@ def train_run(run: Run, config, workdir: str) -> dict:
   run_dir = os.path.join(workdir, run.name)
   summary = train_and_evaluate(config, run_dir)
   result = {"name": run.name, **run.labels, **summary, "config_spec": run.config,
-            "overrides": run.overrides, "config": config.to_dict()}
+            "overrides": run.overrides, "labels": run.labels, "config": config.to_dict()}
   result_path = os.path.join(run_dir, RESULT_FILE)
   tmp = result_path + ".tmp"
   with open(tmp, "w") as f:

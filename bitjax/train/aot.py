@@ -21,7 +21,8 @@ from bitjax.parallel.aot import (GIB, CompiledMemory, OutOfMemory, bytes_per_chi
 from bitjax.train.config import validate_config
 from bitjax.train.metrics import peak_tflops
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
-from bitjax.train.trainer import batch_sharding, jit_train_step, make_config_mesh, state_layout
+from bitjax.train.step import batch_sharding, jit_train_step, state_layout
+from bitjax.train.trainer import make_config_mesh
 
 ADAM_STATE_BYTES = 4 + 4 + 4  # float32 parameter, first and second moment
 

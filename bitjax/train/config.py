@@ -14,20 +14,20 @@ import typing
 import ml_collections
 
 from bitjax.data.config import optional
-from bitjax.models import DecoderConfig
+from bitjax.models import ModelConfig
 from bitjax.parallel import MESH_FIELDS, check_mesh_fields
 from bitjax.train.optim import resolve_schedule
 
-SECTIONS = ("model", "data", "train", "mesh", "optim")
+SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
 TRAIN_POSITIVE_INTS = ("seq_len", "batch_size", "steps", "eval_every", "eval_batches",
                        "log_every", "checkpoint_every", "max_checkpoints")
 
 
-def _model_section() -> ml_collections.ConfigDict:
-  """DecoderConfig's fields and defaults; None defaults keep their declared type."""
-  hints = typing.get_type_hints(DecoderConfig)
+def _model_section(config_class) -> ml_collections.ConfigDict:
+  """A model config class's fields and defaults; None defaults keep their declared type."""
+  hints = typing.get_type_hints(config_class)
   section = {}
-  for field in dataclasses.fields(DecoderConfig):
+  for field in dataclasses.fields(config_class):
     value = field.default
     if value is None:
       value = optional(next(t for t in typing.get_args(hints[field.name]) if t is not type(None)))
@@ -35,12 +35,16 @@ def _model_section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(section)
 
 
-def default_config() -> ml_collections.ConfigDict:
-  from bitjax.data import default_data_config  # the data stack is needed only to train
+def default_config(task: str = "lm") -> ml_collections.ConfigDict:
+  """Every section's defaults for `task` (bitjax.train.tasks.TASKS), which sets the
+  schemas of config.model and config.data."""
+  from bitjax.train.tasks import task_class  # the data stack is needed only to train
 
+  task_cls = task_class(task)
   config = ml_collections.ConfigDict()
-  config.model = _model_section()
-  config.data = default_data_config()
+  config.task = task
+  config.model = _model_section(task_cls.config_class)
+  config.data = task_cls.default_data()
   config.train = ml_collections.ConfigDict(dict(
       seq_len=256, batch_size=16, steps=1000, seed=0,
       eval_every=250, eval_batches=8, log_every=25,
@@ -85,34 +89,32 @@ class ConfigError(ValueError):
   """A config field has a bad value; the message names the field and what is allowed."""
 
 
-def validate_config(config: ml_collections.ConfigDict) -> DecoderConfig:
-  """Check every section; returns the model config. Raises ConfigError naming the field."""
+def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """Check every section; returns the model config (the task's config class).
+  Raises ConfigError naming the field."""
   try:
     return _validate(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
-def _validate(config: ml_collections.ConfigDict) -> DecoderConfig:
-  from bitjax.data import get_tokenizer, validate_data_config
+def _validate(config: ml_collections.ConfigDict) -> ModelConfig:
+  from bitjax.train.tasks import get_task
 
   for section in SECTIONS:
     if section not in config:
       raise ValueError(f"config has no section {section!r}; expected {', '.join(SECTIONS)}")
-  model = DecoderConfig.from_mapping(config.model)
+  task = get_task(config)
+  model = task.config_class.from_mapping(config.model)
   unknown = sorted(set(config.mesh) - set(MESH_FIELDS))
   if unknown:
     raise ValueError(f"config.mesh has unknown fields {unknown}; known: {list(MESH_FIELDS)}")
   check_mesh_fields(config.mesh)
-  validate_data_config(config.data)
   for name in TRAIN_POSITIVE_INTS:
     value = config.train[name]
     if not isinstance(value, int) or value <= 0:
       raise ValueError(f"config.train.{name}={value!r} must be a positive integer")
-  vocab = get_tokenizer(config.data).vocab_size
-  if model.vocab_size < vocab:
-    raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
-                     f"{config.data.tokenizer!r} tokenizer's vocabulary ({vocab})")
+  task.validate(model)
   resolve_schedule(config.optim.schedule, model.spec.quantized)
   for name in ("lr", "stage2_lr", "weight_decay", "grad_clip", "eps"):
     if config.optim[name] < 0:

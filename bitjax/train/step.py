@@ -40,15 +40,16 @@ class StateLayout:
 
 
 def state_layout(model_cfg: DecoderConfig, tx: optax.GradientTransformation, seed: int,
-                 mesh: Mesh) -> StateLayout:
+                 mesh: Mesh, model_class: Callable[..., nnx.Module] = Decoder) -> StateLayout:
   """Shapes by abstract evaluation, shardings from the parameters' logical axes
   (optimizer moments inherit them; step and counts are replicated), and an init that
-  writes each shard on its device, so no device ever holds the full state."""
+  writes each shard on its device, so no device ever holds the full state.
+  `model_class(model_cfg, rngs=...)` builds the model (a task's; the decoder by default)."""
   def create() -> TrainState:
-    params = nnx.state(Decoder(model_cfg, rngs=nnx.Rngs(seed)))
+    params = nnx.state(model_class(model_cfg, rngs=nnx.Rngs(seed)))
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(seed))))
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_class(model_cfg, rngs=nnx.Rngs(seed))))
   shapes = jax.eval_shape(create)
   shardings = state_shardings(shapes, mesh)
   abstract = jax.tree.map(
@@ -70,31 +71,36 @@ def batch_sharding(mesh: Mesh, batch_size: int, seq_len: int) -> NamedSharding:
   return logical_sharding((batch_size, seq_len), BATCH_AXES, mesh)
 
 
-def jit_train_step(layout: StateLayout, tx, lr_schedule, mesh: Mesh, batch: NamedSharding):
-  """The jitted train step: state in and out in its shardings (donated), metrics replicated."""
-  return sharded_jit(functools.partial(train_step, layout.graphdef, tx, lr_schedule), mesh,
+def jit_train_step(layout: StateLayout, tx, lr_schedule, mesh: Mesh, batch: NamedSharding,
+                   loss_fn=None, seed: int = 0):
+  """The jitted train step: state in and out in its shardings (donated), metrics replicated.
+  `loss_fn` and `seed` as in train_step."""
+  step = functools.partial(train_step, layout.graphdef, tx, lr_schedule,
+                           loss_fn=loss_fn or next_token_loss, seed=seed)
+  return sharded_jit(step, mesh,
                      in_shardings=(layout.shardings, batch),
                      out_shardings=(layout.shardings, NamedSharding(mesh, PartitionSpec())),
                      donate_argnums=0)
 
 
-def cross_entropy(graphdef, params, batch) -> jax.Array:
-  """Per-token next-token loss in nats, float32, shape of targets."""
-  logits = nnx.merge(graphdef, params)(batch["inputs"])
-  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+def next_token_loss(model, batch, rng):
+  """The language-model loss: mean next-token cross-entropy, no extra metrics."""
+  del rng  # nothing random
+  logits = model(batch["inputs"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(), {}
 
 
-def train_step(graphdef, tx, lr_schedule, state: TrainState, batch):
-  loss_fn = lambda params: cross_entropy(graphdef, params, batch).mean()
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+def train_step(graphdef, tx, lr_schedule, state: TrainState, batch, *,
+               loss_fn=next_token_loss, seed: int = 0):
+  """One optimizer step on `loss_fn(model, batch, rng) -> (loss, metrics)`. The rng (for
+  dropout) is derived from `seed` and the step count, so the step stays a pure function
+  of (state, batch) and a resumed run draws the same keys."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  loss_of = lambda params: loss_fn(nnx.merge(graphdef, params), batch, rng)
+  (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
+  metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+             "lr": lr_schedule(state.step)}
   return new_state, metrics
 
-
-def eval_step(graphdef, bytes_per_token, params, batch):
-  """Summed loss, token count and byte count, so bits per byte is exact over batches."""
-  losses = cross_entropy(graphdef, params, batch)
-  return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32),
-          "bytes": bytes_per_token[batch["targets"]].sum()}

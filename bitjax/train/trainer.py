@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -15,41 +14,48 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from bitjax.models import count_params, train_flops_per_token, weight_memory_bits
+from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
 from bitjax.train.checkpoint import Checkpointer, guard_config
 from bitjax.train.config import ConfigError, check_workdir, validate_config
-from bitjax.train.metrics import MetricWriter, lm_metrics, throughput_metrics
+from bitjax.train.metrics import MetricWriter
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
-from bitjax.train.step import batch_sharding, eval_step, jit_train_step, state_layout
+from bitjax.train.step import jit_train_step, state_layout
+from bitjax.train.tasks import get_task
 
 
-def evaluate(eval_fn, params, batches) -> dict[str, float]:
-  totals = {"loss_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
+def evaluate(task, eval_fn, params, batches) -> dict[str, float]:
+  totals = {}
   for batch in batches:
     for key, value in jax.device_get(eval_fn(params, batch)).items():
-      totals[key] += float(value)
-  return lm_metrics(totals["loss_sum"], totals["tokens"], totals["bytes"])
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return task.summarize(totals)
 
 
-def _run_summary(config, model_cfg, model_stats, eval_metrics, wall, steps_run, tokens_s,
+def device_batch(batch, sharding, num_blocks: int) -> dict[str, jax.Array]:
+  """This process's block of every array as a global array of `num_blocks` blocks; the
+  arrays may differ in rows (a graph's nodes and edges)."""
+  return {key: global_batch({key: value}, sharding, len(value) * num_blocks)[key]
+          for key, value in batch.items()}
+
+
+def _run_summary(config, task, model_cfg, model, eval_metrics, wall, steps_run, units_s,
                  data_info):
-  tokens = config.train.steps * config.train.batch_size * config.train.seq_len
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   return {
+      "task": config.task,
+      "metric": task.metric,
       "precision": model_cfg.precision,
       "compute_dtype": jnp.dtype(model_cfg.dtype).name,
-      "params": model_stats["total"],
-      "non_embedding_params": model_stats["non_embedding"],
-      "weight_memory_bits": model_stats["weight_memory_bits"],
+      "params": params,
+      "weight_memory_bits": weight_memory_bits(model),
       "steps": config.train.steps,
-      "tokens": tokens,
-      "train_flops": float(train_flops_per_token(model_cfg, config.train.seq_len) * tokens),
-      "eval_loss": eval_metrics["loss"],
-      "eval_perplexity": eval_metrics["perplexity"],
-      "eval_bits_per_byte": eval_metrics["bits_per_byte"],
+      **task.run_stats(model_cfg, model),
+      **{f"eval_{key}": value for key, value in eval_metrics.items()},
       "train_wall_s": wall,
       "steps_this_session": steps_run,
-      "tokens_per_s": tokens_s,  # this session's steps over its wall time (compile, eval too)
+      # this session's steps over its wall time (compile, eval too)
+      f"{task.unit}_per_s": units_s,
       "device_kind": jax.devices()[0].device_kind,
       "data": data_info,
   }
@@ -79,9 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   every batch; only process 0 writes metrics and the summary.
   A finished workdir returns its stored summary without training again.
   """
-  from bitjax import data as bitjax_data
-
   model_cfg = validate_config(config)
+  task = get_task(config)
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
   # The mesh says how a run is laid out, not what it computes: a run may resume on another.
@@ -98,24 +103,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   quantized = model_cfg.spec.quantized
   tx = make_optimizer(config.optim, tcfg.steps, quantized)
   lr_schedule = learning_rate_schedule(config.optim, tcfg.steps, quantized)
-  layout = state_layout(model_cfg, tx, tcfg.seed, mesh)
-  batch_layout = batch_sharding(mesh, tcfg.batch_size, tcfg.seq_len)
+  layout = state_layout(model_cfg, tx, tcfg.seed, mesh, task.model_class)
+  batch_layout = task.batch_sharding(mesh)
   block, num_blocks = process_batch_block(batch_layout, (tcfg.batch_size, tcfg.seq_len))
-  rows = tcfg.batch_size // num_blocks
 
-  train_iter = bitjax_data.make_train_iterator(
-      config.data, seq_len=tcfg.seq_len, global_batch_size=tcfg.batch_size, seed=tcfg.seed,
-      process_index=block, process_count=num_blocks)
-  eval_batches = [
-      global_batch({k: v[block * rows:(block + 1) * rows] for k, v in batch.items()},
-                   batch_layout, tcfg.batch_size)
-      for batch in bitjax_data.make_eval_batches(config.data, seq_len=tcfg.seq_len,
-                                                 batch_size=tcfg.batch_size,
-                                                 num_batches=tcfg.eval_batches)]
-  bytes_per_token = jnp.asarray(bitjax_data.get_tokenizer(config.data).bytes_per_token)
-  data_info = ({"name": config.data.name, **bitjax_data.corpus_metadata(config.data)}
-               if config.data.name in ("stdlib", "text_dir")
-               else {"name": "tfds", "tfds_name": config.data.tfds_name})
+  def rows(value):  # this process's block of a global eval array
+    size = len(value) // num_blocks
+    return value[block * size:(block + 1) * size]
+
+  train_iter = task.train_iterator(block, num_blocks)
+  eval_batches = [device_batch({k: rows(v) for k, v in batch.items()}, batch_layout, num_blocks)
+                  for batch in task.eval_batches()]
+  data_info = task.data_info()
 
   start = checkpointer.latest_step()
   if start is None:
@@ -127,42 +126,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       tqdm.write(f"Resuming {workdir} from step {start}")
   start = start or 0
   model = nnx.merge(layout.graphdef, state.params)
-  model_stats = {**count_params(model), "weight_memory_bits": weight_memory_bits(model)}
+  num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
-  step_fn = jit_train_step(layout, tx, lr_schedule, mesh, batch_layout)
-  eval_fn = sharded_jit(functools.partial(eval_step, layout.graphdef, bytes_per_token), mesh,
-                        in_shardings=(layout.shardings.params, batch_layout),
-                        out_shardings=NamedSharding(mesh, PartitionSpec()))
+  step_fn = jit_train_step(layout, tx, lr_schedule, mesh, batch_layout, task.loss, tcfg.seed)
+  eval_fn = sharded_jit(
+      lambda params, batch: task.eval_sums(nnx.merge(layout.graphdef, params), batch), mesh,
+      in_shardings=(layout.shardings.params, batch_layout),
+      out_shardings=NamedSharding(mesh, PartitionSpec()))
   writer = MetricWriter(workdir) if lead else None
-  tokens_per_step = tcfg.batch_size * tcfg.seq_len
-  flops_per_token = train_flops_per_token(model_cfg, tcfg.seq_len)
+  units_per_step = task.units_per_step()
   bar = tqdm(total=tcfg.steps, initial=start, disable=not (tcfg.progress_bar and lead),
-             mininterval=2.0, desc=f"{model_cfg.precision} {model_stats['total'] / 1e6:.2f}M",
+             mininterval=2.0, desc=f"{model_cfg.precision} {num_params / 1e6:.2f}M",
              unit="step", dynamic_ncols=True)
   t_start = t_log = time.perf_counter()
   step_log = start
   eval_metrics = None
   try:
     for step in range(start + 1, tcfg.steps + 1):
-      batch = global_batch(next(train_iter), batch_layout, tcfg.batch_size)
+      batch = device_batch(next(train_iter), batch_layout, num_blocks)
       state, metrics = step_fn(state, batch)
       bar.update(1)
       if step % tcfg.log_every == 0 or step == tcfg.steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        tokens_s = (step - step_log) * tokens_per_step / (now - t_log)
+        units_s = (step - step_log) * units_per_step / (now - t_log)
         t_log, step_log = now, step
         if writer:
-          writer.write(step, "train", {**metrics, **throughput_metrics(
-              tokens_s, flops_per_token, jax.device_count(), jax.devices()[0].device_kind)})
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_s:,.0f}")
+          writer.write(step, "train", {**metrics, **task.throughput(model_cfg, units_s)})
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit}_s": f"{units_s:,.0f}"})
       if step % tcfg.eval_every == 0 or step == tcfg.steps:
-        eval_metrics = evaluate(eval_fn, state.params, eval_batches)
+        eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
         if writer:
           writer.write(step, "eval", eval_metrics)
-          bar.write(f"step {step}: eval loss {eval_metrics['loss']:.4f}, "
-                    f"perplexity {eval_metrics['perplexity']:.3f}, "
-                    f"bits/byte {eval_metrics['bits_per_byte']:.4f}")
+          bar.write(f"step {step}: eval " + ", ".join(f"{key} {value:.4f}"
+                                                      for key, value in eval_metrics.items()))
       if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
         checkpointer.save(step, state, train_iter.get_state())
   finally:
@@ -171,11 +168,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.close()
     checkpointer.close()
   if eval_metrics is None:  # resumed at the last step without a summary
-    eval_metrics = evaluate(eval_fn, state.params, eval_batches)
+    eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
   wall = time.perf_counter() - t_start
   steps_run = tcfg.steps - start
-  summary = _run_summary(config, model_cfg, model_stats, eval_metrics, wall, steps_run,
-                         steps_run * tokens_per_step / wall, data_info)
+  summary = _run_summary(config, task, model_cfg, model, eval_metrics, wall, steps_run,
+                         steps_run * units_per_step / wall, data_info)
   summary["workdir"] = workdir
   if lead:
     with open(summary_path, "w") as f:

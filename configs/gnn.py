@@ -1,0 +1,40 @@
+"""Graph networks for node classification: `configs/gnn.py:DATASET[,precision=P,architecture=A]`.
+
+DATASET: `csbm` (a contextual stochastic block model shaped like Cora, offline),
+`karate_club`, or a Planetoid set (cora, citeseer, pubmed: put the ind.<name>.*
+files in a directory and pass --config.data.data_dir=DIR). ARCHITECTURE: `sgc`
+(K=2 propagation steps, then one linear layer; Wu et al.'s recipe: Adam lr 0.2,
+100 epochs) or `gcn` (two layers, hidden=16, dropout 0.5, lr 0.01, 200 epochs as
+in Kipf & Welling). Training is full batch: one step is one epoch. Features are
+row-normalised. Every precision computes in float32. Example:
+  configs/gnn.py:csbm,precision=b1.58-median,architecture=sgc
+"""
+
+from bitjax.train.config import default_config, parse_config_arg
+
+# classes and feature count of each graph (checked against the data at validation)
+SHAPES = {"csbm": (7, 1433), "karate_club": (2, 34), "cora": (7, 1433), "citeseer": (6, 3703),
+          "pubmed": (3, 500)}
+ARCHITECTURES = ("sgc", "gcn")
+
+
+def get_config(arg: str | None = None):
+  args = parse_config_arg(arg, dataset="csbm", precision="bf16", architecture="sgc",
+                          hidden=16)
+  if args.dataset not in SHAPES:
+    raise ValueError(f"dataset {args.dataset!r} is not one of {list(SHAPES)}")
+  if args.architecture not in ARCHITECTURES:
+    raise ValueError(f"architecture {args.architecture!r} is not one of {list(ARCHITECTURES)}")
+  sgc = args.architecture == "sgc"
+  config = default_config("node_classification")
+  config.data.update(name=args.dataset, eval_split="test")  # fixed epochs, no selection on it
+  classes, features = SHAPES[args.dataset]
+  config.model.update(architecture=args.architecture, precision=args.precision,
+                      input_dim=features, num_classes=classes, propagation_steps=2,
+                      hidden_sizes=() if sgc else (args.hidden,), dropout=0.0 if sgc else 0.5,
+                      compute_dtype="float32")
+  config.train.update(batch_size=1, steps=100 if sgc else 200, eval_every=50, eval_batches=1,
+                      log_every=10, checkpoint_every=1000, progress_bar=False)
+  config.optim.update(lr=0.2 if sgc else 0.01, stage2_lr=0.1 if sgc else 0.005,
+                      warmup_steps=0, weight_decay=5e-6 if sgc else 5e-4)
+  return config
