@@ -24,6 +24,24 @@ def _check(name: str, value, allowed) -> None:
     raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
+def nonnegative_median(x: jax.Array) -> jax.Array:
+  """The exact median of a non-negative float32 array (jnp.median's value) by radix
+  selection: non-negative floats order like their int32 bit patterns, so the two middle
+  order statistics are built bit by bit, one counting pass per bit. A sort, which
+  jnp.median does, takes seconds per step on CPU for a 10M-weight layer."""
+  bits = jax.lax.bitcast_convert_type(x.reshape(-1), jnp.int32)
+  n = bits.shape[0]
+  ranks = jnp.array([(n - 1) // 2, n // 2])
+
+  def next_bit(i, prefix):  # keep a bit where fewer than rank + 1 values lie below
+    candidate = prefix | jnp.left_shift(jnp.int32(1), 30 - i)
+    below = (bits[:, None] < candidate[None, :]).sum(0)
+    return jnp.where(below <= ranks, candidate, prefix)
+
+  middle = jax.lax.fori_loop(0, 31, next_bit, jnp.zeros(2, jnp.int32))
+  return jax.lax.bitcast_convert_type(middle, jnp.float32).mean()
+
+
 def quantize_weight(w: jax.Array, method: str = "absmean") -> tuple[jax.Array, jax.Array]:
   """Per-tensor weight quantization; returns (int8 codes, float32 scalar scale).
 
@@ -39,7 +57,7 @@ def quantize_weight(w: jax.Array, method: str = "absmean") -> tuple[jax.Array, j
     scale = jnp.mean(jnp.abs(w32))
     codes = jnp.where(w32 - jnp.mean(w32) > 0, 1, -1)
     return codes.astype(jnp.int8), scale
-  center = jnp.mean if method == "absmean" else jnp.median
+  center = jnp.mean if method == "absmean" else nonnegative_median
   scale = jnp.maximum(center(jnp.abs(w32)), SCALE_EPS)
   codes = jnp.clip(jnp.round(w32 / scale), -1, 1)
   return codes.astype(jnp.int8), scale

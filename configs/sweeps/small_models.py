@@ -6,8 +6,10 @@ Presets:
            x bf16 (16-bit), b1.58 (1.58-mean), b1.58-median, 1bit
   gnn      SGC (K=2) on the Cora-shaped CSBM and karate club, GCN on the CSBM
            x the same four precisions
-  encoder  masked-byte LM at hidden H and 2H x bf16, b1.58, b1.58-median
-  encdec   span corruption at hidden H and 2H x bf16, b1.58, b1.58-median
+  encoder  masked-byte LM on 64-byte windows, 200 steps of 16, at hidden H and 2H
+           x bf16, b1.58, b1.58-median
+  encdec   span corruption of 64-byte windows, 200 steps of 16, at hidden H and 2H
+           x the same three
   all      the four above (experiments/small_models)
 Every cell runs `seeds` seeds (default 3): train.seed sets the initialisation, the
 batch order and dropout; data splits stay fixed.
@@ -45,11 +47,13 @@ def get_sweep(arg=None):
                  precision=ALL_PRECISIONS, **seeds),
         *product(dataset=["csbm"], architecture=["gcn"], precision=ALL_PRECISIONS, **seeds)])
   sizes = [args.hidden, 2 * args.hidden]
+  # Windows of 64 bytes and 200 steps keep the Transformer runs within the CPU budget.
   if "encoder" in families:
     runs += make_runs(config_file("encoder"), product(
-        task=["mlm"], hidden=sizes, precision=TRANSFORMER_PRECISIONS, **seeds))
+        task=["mlm"], hidden=sizes, precision=TRANSFORMER_PRECISIONS, **seeds),
+        shared={"train.seq_len": 64, "train.steps": 200})
   if "encdec" in families:
     runs += make_runs(config_file("encdec"), product(
         objective=["span_corruption"], hidden=sizes, precision=TRANSFORMER_PRECISIONS,
-        **seeds))
+        **seeds), shared={"train.seq_len": 64, "train.steps": 200, "data.target_len": 16})
   return runs
