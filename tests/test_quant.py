@@ -150,3 +150,14 @@ def test_presets_table():
 def test_bad_quant_settings_name_the_field(call, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
     call()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8, 1001, 4096])
+def test_absmedian_scale_is_the_exact_median(rng, size):
+  """The radix-selection median equals numpy's, ties and zeros included."""
+  from bitjax.quant.quantizers import nonnegative_median
+
+  x = np.abs(rng.normal(size=size)).astype(np.float32)
+  x[: size // 3] = 0.0
+  x[size // 3: size // 2] = x[-1]
+  assert float(nonnegative_median(jnp.asarray(x))) == np.float32(np.median(x))
