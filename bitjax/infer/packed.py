@@ -33,7 +33,11 @@ class PackedWeight(nnx.Variable):
 
 
 class PackedDense(nnx.Module):
-  """Inference twin of a ternary BitDense: norm -> activation quant -> packed matmul."""
+  """Inference twin of a ternary BitDense: norm -> activation quant -> packed matmul.
+
+  Activations of up to 8 bits reach the kernel as int8; wider ones (act_bits > 8) or
+  none (weight-only ternary) reach it as bf16.
+  """
 
   def __init__(self, layer: BitDense, *, backend: str = "auto"):
     if layer.spec.weight not in PACKABLE_WEIGHTS:
@@ -55,6 +59,7 @@ class PackedDense(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm is not None:
       x = self.norm(x)
+    x = x.astype(self.dtype)  # as BitDense: activations are quantized in the compute dtype
     matmul = functools.partial(ternary_matmul, packed=self.packed[...], scale=self.scale[...],
                                backend=self.backend,
                                weight_axes=self.packed.get_metadata().get("out_sharding"))
@@ -159,13 +164,17 @@ def import_packed(model: nnx.Module, path: str) -> None:
       raise ValueError(f"{path}: format {found!r}; this bitjax reads {FORMAT_NAME!r}")
     names = {key.split(":")[0] for key in stored.files if ":" in key}
     if names != set(layers):
-      raise ValueError(f"{path}: layers {sorted(names ^ set(layers))} are in only one of "
-                       "the file and the model")
+      raise ValueError(f"{path}: layers only in the file {sorted(names - set(layers))}, "
+                       f"only in the model {sorted(set(layers) - names)}")
     for name, layer in layers.items():
       shape = tuple(int(v) for v in stored[f"{name}:shape"])
       if shape != (layer.in_features, layer.out_features):
         raise ValueError(f"{path}: layer {name} has shape {shape}, the model "
                          f"{(layer.in_features, layer.out_features)}")
+      scale = stored[f"{name}:scale"]
+      if scale.shape != layer.scale.get_value().shape:
+        raise ValueError(f"{path}: layer {name} has a scale of shape {scale.shape}, the model "
+                         f"{layer.scale.get_value().shape}")
       codes = unpack_base3(stored[f"{name}:codes"], shape)
       layer.packed.set_value(pack_ternary(jnp.asarray(codes)))
-      layer.scale.set_value(jnp.asarray(stored[f"{name}:scale"], jnp.float32))
+      layer.scale.set_value(jnp.asarray(scale, jnp.float32))

@@ -29,6 +29,9 @@ K_BLOCK = 256
 CODES_PER_WORD = 16
 ROWS_PER_BLOCK = K_BLOCK // CODES_PER_WORD
 BASE3_PER_BYTE = 5
+# int8 activations (|x| <= 128) times ternary weights summed in float32 stay exact
+# integers while 128 * K <= 2**24.
+EXACT_FLOAT_SUM_MAX_K = 2**24 // 128
 
 
 def padded_k(k: int) -> int:
@@ -42,8 +45,17 @@ def _check_codes_2d(codes) -> None:
 
 
 def pack_ternary(codes: jax.Array) -> jax.Array:
-  """(K, N) codes in {0, 1, 2} -> (padded_k(K) / 16, N) int32 words (layout above)."""
+  """(K, N) codes in {0, 1, 2} -> (padded_k(K) / 16, N) int32 words (layout above).
+
+  Concrete inputs are checked (ternary values -1/0/1 passed by mistake would corrupt
+  neighbouring codes); traced ones cannot be.
+  """
   _check_codes_2d(codes)
+  if not isinstance(codes, jax.core.Tracer) and codes.size:
+    low, high = int(jnp.min(codes)), int(jnp.max(codes))
+    if low < 0 or high > 2:
+      raise ValueError(f"codes must lie in {{0, 1, 2}} (ternary_to_codes(w) = w + 1); "
+                       f"got values in [{low}, {high}]")
   k, n = codes.shape
   pad = padded_k(k) - k
   codes = jnp.pad(codes.astype(jnp.uint32), ((0, pad), (0, 0)), constant_values=1)
@@ -73,8 +85,9 @@ def ternary_to_codes(ternary: jax.Array) -> jax.Array:
   return (ternary.astype(jnp.int8) + 1).astype(jnp.int8)
 
 
-def codes_to_ternary(codes: jax.Array, dtype=jnp.int8) -> jax.Array:
-  return (codes.astype(jnp.int8) - 1).astype(dtype)
+def ternary_slot(words: jax.Array, slot: int) -> jax.Array:
+  """The ternary values (-1, 0, 1; int32) held in bits 2*slot of every word."""
+  return ((words >> (2 * slot)) & 3) - 1
 
 
 def pack_base3(codes: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from bitjax.kernels.format import CODES_PER_WORD
+from bitjax.kernels.format import CODES_PER_WORD, EXACT_FLOAT_SUM_MAX_K, ternary_slot
 from bitjax.kernels.layout import by_code_slot, by_tile, int8_quads
 
 INT8_MMA_MIN_K = 32
@@ -153,7 +153,7 @@ def _tiled_kernel(x_ref, w_ref, o_ref, *, tile_rows, n_tiles, weight_dtype, acc_
     words = w_ref[pl.ds(t * tile_rows, tile_rows), :]
     base = t * tile_rows * CODES_PER_WORD
     for i in range(CODES_PER_WORD):
-      weight = (((words >> (2 * i)) & 3) - 1).astype(weight_dtype)
+      weight = ternary_slot(words, i).astype(weight_dtype)
       x = x_ref[:, pl.ds(base + i * tile_rows, tile_rows)]
       acc = acc + jnp.dot(x, weight, preferred_element_type=acc_dtype)
     return acc
@@ -169,15 +169,18 @@ def tiled(x: jax.Array, packed: jax.Array, *, config: TiledConfig = TiledConfig(
   rows, n = packed.shape
   _check_divisible("N", n, config.bn)
   _check_divisible("K_pad / 16 (word rows)", rows, config.tile_rows)
-  m_pad = -(-m // config.bm) * config.bm
-  x = jnp.pad(by_tile(x, config.tile_rows), ((0, m_pad - m), (0, 0)))
   integer = x.dtype == jnp.int8
-  acc_dtype = jnp.int32 if integer else jnp.float32
   if integer and config.tile_rows < INT8_MMA_MIN_K:
     # int8 tensor-core dots need K >= 32 per instruction; bf16 products of int8
-    # values summed in float32 stay exact below 2**24.
+    # values summed in float32 stay exact up to EXACT_FLOAT_SUM_MAX_K.
+    if k > EXACT_FLOAT_SUM_MAX_K:
+      raise ValueError(f"K={k}: int8 sums through bf16 dots are exact only up to "
+                       f"K={EXACT_FLOAT_SUM_MAX_K}; use K tiles of {INT8_MMA_MIN_K} rows")
     sums = tiled(x.astype(jnp.bfloat16), packed, config=config, interpret=interpret)
-    return sums[:m].astype(jnp.int32)
+    return sums.astype(jnp.int32)
+  acc_dtype = jnp.int32 if integer else jnp.float32
+  m_pad = -(-m // config.bm) * config.bm
+  x = jnp.pad(by_tile(x, config.tile_rows), ((0, m_pad - m), (0, 0)))
   out = pl.pallas_call(
       functools.partial(_tiled_kernel, tile_rows=config.tile_rows,
                         n_tiles=rows // config.tile_rows,

@@ -17,6 +17,7 @@ ACTIVATIONS = ("int8", "bf16")
 BACKENDS = ("auto", "xla", "pallas_tpu", "pallas_gpu", "interpret")
 GEMV_TARGET_PROGRAMS = 1024
 GPU_KERNEL_MAX_ROWS = 32  # above this, `auto` on GPU unpacks and calls XLA's matmul
+GPU_MIN_COLUMN_BLOCK = 16
 GEMV_MAX_ROWS = 8  # up to this many rows the GPU streams weights through the GEMV kernel
 TPU_WITHOUT_INT8_MXU = ("TPU v2", "TPU v3", "TPU v4")
 
@@ -28,7 +29,7 @@ def _check(name: str, value, allowed) -> None:
 
 def reference_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
   """Pure-jnp sums of x @ ternary(packed): exact int32 for int8 x, float32 for bf16 x."""
-  ternary = unpack_ternary(packed, x.shape[-1]).astype(jnp.int8) - 1
+  ternary = unpack_ternary(packed, x.shape[-1]) - 1
   if x.dtype == jnp.int8:
     return jnp.dot(x, ternary, preferred_element_type=jnp.int32)
   return jnp.dot(x, ternary.astype(x.dtype), preferred_element_type=jnp.float32)
@@ -40,6 +41,10 @@ def gpu_sums(x, packed, *, gemv: gpu.GemvConfig | None = None,
 
   Explicit configs override the block choices (the benchmark tunes with them).
   """
+  n = packed.shape[1]
+  if n % GPU_MIN_COLUMN_BLOCK:  # pad: narrower column blocks would give Triton tiny dots
+    packed = jnp.pad(packed, ((0, 0), (0, -n % 64)))
+    return gpu_sums(x, packed, gemv=gemv, tiled=tiled, interpret=interpret)[:, :n]
   m = x.shape[0]
   if gemv is not None or (tiled is None and m <= GEMV_MAX_ROWS):
     partial = gpu.gemv(x, packed, config=gemv or gemv_config(packed.shape), interpret=interpret)
@@ -99,21 +104,35 @@ def _gpu_kernel_pays(m: int, rows: int) -> bool:
   return m <= GEMV_MAX_ROWS or (m <= GPU_KERNEL_MAX_ROWS and rows % gpu.INT8_MMA_MIN_K == 0)
 
 
-def _int8_mxu() -> bool:
-  """Whether the TPU running this has an int8 MXU path (v5e and later)."""
-  return not jax.devices()[0].device_kind.startswith(TPU_WITHOUT_INT8_MXU)
+def _target_device() -> tuple[str, str]:
+  """(platform, device kind) of the chips being compiled for.
+
+  The mesh in context (jax.set_mesh, bitjax.parallel.sharded_jit) names them, also when
+  compiling ahead of time for TPU topologies from a CPU host; else the default device.
+  """
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  if device is not None:
+    return device.platform, device.device_kind
+  return jax.devices()[0].platform, jax.devices()[0].device_kind
 
 
-@functools.partial(jax.jit, static_argnames=("backend",))
-def _sums(x2d, packed, backend):
-  if backend == "auto" and jax.default_backend() == "gpu":
-    backend = "pallas_gpu" if _gpu_kernel_pays(x2d.shape[0], packed.shape[0]) else "xla"
-  elif backend == "auto":
-    backend = "pallas_tpu" if jax.default_backend() == "tpu" else "xla"
+def _resolve_backend(backend: str, m: int, rows: int) -> tuple[str, bool]:
+  """The concrete backend for `auto`, and whether an int8 MXU path exists (TPU v5e+)."""
+  platform, kind = _target_device()
+  if backend == "auto":
+    if platform == "gpu":
+      backend = "pallas_gpu" if _gpu_kernel_pays(m, rows) else "xla"
+    else:
+      backend = "pallas_tpu" if platform == "tpu" else "xla"
+  return backend, not kind.startswith(TPU_WITHOUT_INT8_MXU)
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "int8_mxu"))
+def _sums(x2d, packed, backend, int8_mxu=True):
   if backend == "xla":
     return reference_sums(x2d, packed)
   if backend == "pallas_tpu":
-    return tpu.matmul(x2d, packed, int8_mxu=_int8_mxu())
+    return tpu.matmul(x2d, packed, int8_mxu=int8_mxu)
   if backend == "pallas_gpu":
     return gpu_sums(x2d, packed)
   return tpu.matmul(x2d, packed, interpret=True)  # "interpret"
@@ -123,14 +142,18 @@ def _mesh_axes(spec_entry) -> tuple[str, ...]:
   return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry or ())
 
 
-def _sharded_sums(x2d, packed, backend, weight_axes, mesh):
+def _sharded_sums(x2d, packed, backend, int8_mxu, weight_axes, mesh):
   """`_sums` per device under jax.shard_map (Pallas kernels cannot be auto-partitioned).
 
   Columns split as the weight's logical axes say; the contraction splits too when every
   shard holds whole format blocks (the partial sums are then added with psum); rows of
   x split over the batch axes that are left.
   """
-  from bitjax.parallel.sharding import fitted_spec, logical_to_spec
+  from bitjax.parallel.sharding import MESH_AXES, fitted_spec, logical_to_spec
+
+  if not set(MESH_AXES) <= set(mesh.axis_names):
+    raise ValueError(f"weight_axes={tuple(weight_axes)} needs a mesh with axes {MESH_AXES} "
+                     f"(bitjax.parallel.make_mesh); the mesh in context has {mesh.axis_names}")
 
   def size(axes):
     return math.prod(mesh.shape[a] for a in axes)
@@ -144,7 +167,7 @@ def _sharded_sums(x2d, packed, backend, weight_axes, mesh):
   batch_spec = batch if batch and x2d.shape[0] % size(batch) == 0 else None
 
   def local(x, words):
-    sums = _sums(x, words, backend)
+    sums = _sums(x, words, backend, int8_mxu)
     return jax.lax.psum(sums, k_axes) if k_axes else sums
 
   return jax.shard_map(local, mesh=mesh, in_specs=(P(batch_spec, rows_spec),
@@ -192,13 +215,17 @@ def ternary_matmul(
     x2d, x_scale = quantize_activation(x2d, 8, "token")
   elif activations == "bf16":
     x2d = x2d.astype(jnp.bfloat16)
+  scale = jnp.asarray(scale, jnp.float32)
+  if scale.shape not in ((), (packed.shape[1],)):
+    raise ValueError(f"scale has shape {scale.shape}; expected () or ({packed.shape[1]},)")
   x2d = jnp.pad(x2d, ((0, 0), (0, k_pad - k)))
+  backend, int8_mxu = _resolve_backend(backend, x2d.shape[0], packed.shape[0])
   mesh = jax.sharding.get_abstract_mesh()
   if weight_axes is not None and not mesh.empty and mesh.size > 1 and backend != "xla":
-    sums = _sharded_sums(x2d, packed, backend, weight_axes, mesh)
+    sums = _sharded_sums(x2d, packed, backend, int8_mxu, weight_axes, mesh)
   else:
-    sums = _sums(x2d, packed, backend)
-  out = sums.astype(jnp.float32) * scale.astype(jnp.float32)
+    sums = _sums(x2d, packed, backend, int8_mxu)
+  out = sums.astype(jnp.float32) * scale
   if x_scale is not None:
     out = out * x_scale
   return out.reshape(*lead, -1).astype(out_dtype)

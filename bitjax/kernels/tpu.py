@@ -5,8 +5,8 @@ words into 16 code slots with a shift and a mask, stacks them along sublanes int
 (16 * tile_rows, bn) ternary tile and feeds the MXU, accumulating in a VMEM scratch
 (int32 for int8 activations, float32 for bf16). Activations arrive reordered by
 `layout.by_tile` so the stacked rows line up. TPU v4 has no int8 MXU path: there
-int8 activations go through bf16, which is still exact (|x| <= 127 and partial sums
-stay below 2**24 for K < 132k).
+int8 activations go through bf16, which is still exact (|x| <= 128, so sums stay
+within 2**24 for K <= EXACT_FLOAT_SUM_MAX_K = 131072).
 
 The same kernel runs on CPU with `interpret=True`; CI tests its numerics that way.
 """
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from bitjax.kernels.format import CODES_PER_WORD
+from bitjax.kernels.format import CODES_PER_WORD, EXACT_FLOAT_SUM_MAX_K, ternary_slot
 from bitjax.kernels.layout import by_tile
 
 LANES = 128
@@ -31,7 +31,7 @@ MAX_BM = 256
 
 def _decode_tile(words: jax.Array, dtype) -> jax.Array:
   """(R, bn) int32 words -> (16 R, bn) ternary values in `dtype`, slot-major."""
-  slots = [((words >> (2 * i)) & 3) - 1 for i in range(CODES_PER_WORD)]
+  slots = [ternary_slot(words, i) for i in range(CODES_PER_WORD)]
   stacked = jnp.concatenate(slots, axis=0)
   if dtype == jnp.int8:
     return stacked.astype(jnp.int8)
@@ -71,6 +71,9 @@ def matmul(x: jax.Array, packed: jax.Array, *, int8_mxu: bool = True,
   rows, n = packed.shape
   integer = x.dtype == jnp.int8
   weight_dtype = jnp.int8 if integer and int8_mxu else jnp.bfloat16
+  if integer and not int8_mxu and k > EXACT_FLOAT_SUM_MAX_K:
+    raise ValueError(f"K={k}: int8 sums through the bf16 MXU are exact only up to "
+                     f"K={EXACT_FLOAT_SUM_MAX_K}; use backend='xla'")
   acc_dtype = jnp.int32 if weight_dtype == jnp.int8 else jnp.float32
   sublanes = 32 if x.dtype == jnp.int8 else 16  # packed-dtype sublane tiling
   bm = min(_round_up(m, sublanes), MAX_BM)
