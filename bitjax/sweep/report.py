@@ -26,9 +26,14 @@ def format_table(rows: list[dict]) -> str:
 
 def seed_cells(rows: list[dict]) -> list[dict]:
   """Runs that differ only in their seed, as one cell: mean and standard deviation
-  (ddof=1) of the task's headline metric (summary's `metric`), in sweep order."""
+  (ddof=1) of the task's headline metric (summary's `metric`); tasks in the order of
+  the registry (bitjax.train.tasks.TASKS), settings in the order of the rows."""
+  from bitjax.train.tasks import TASKS
+
+  order = list(TASKS)
   cells = {}
-  for row in rows:
+  for row in sorted(rows, key=lambda r: order.index(r["task"]) if r["task"] in order
+                    else len(order)):
     setting = tuple((k, v) for k, v in row["labels"].items() if k not in ("seed", "precision"))
     cells.setdefault((row["task"], setting, row["precision"]), []).append(row)
   out = []
@@ -45,16 +50,18 @@ def seed_cells(rows: list[dict]) -> list[dict]:
 
 def format_cells(cells: list[dict]) -> str:
   """A markdown table: one line per (task, setting), one column per precision with
-  mean ± std over seeds (accuracy in %), then the parameters per precision."""
+  mean ± std over seeds (accuracy in %), then the first precision's parameter count."""
   from bitjax.sweep.plots import precision_order
 
   precisions = precision_order(c["precision"] for c in cells)
   lines = ["| task | setting | metric | " + " | ".join(precisions) + " | params | seeds |",
            "|---" * (len(precisions) + 5) + "|"]
-  settings = list(dict.fromkeys((c["task"], c["setting"]) for c in cells))
+  tasks = list(dict.fromkeys(c["task"] for c in cells))
+  settings = sorted(dict.fromkeys((c["task"], c["setting"]) for c in cells),
+                    key=lambda key: tasks.index(key[0]))
   for task, setting in settings:
     row = {c["precision"]: c for c in cells if (c["task"], c["setting"]) == (task, setting)}
-    first = next(iter(row.values()))
+    first = row[next(p for p in precisions if p in row)]
     scale = 100.0 if first["metric"] == "accuracy" else 1.0
     values = [f"{row[p]['mean'] * scale:.2f} ± {row[p]['std'] * scale:.2f}" if p in row else ""
               for p in precisions]
