@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bitjax.sweep import report
+from bitjax.sweep.compare import format_comparison
 from bitjax.sweep.spec import load_sweep
 from bitjax.train import train_and_evaluate
 from bitjax.train.config import ConfigError, default_config, load_config, validate_config
@@ -87,6 +88,7 @@ def test_each_task_trains_through_the_trainer(name, python_corpus, tmp_path):
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) for r in records)
   assert {r["split"] for r in records} == {"train", "eval"}
+  assert f"task: {config.task}" in format_comparison([summary])
   # A finished run is read back, not trained again.
   assert train_and_evaluate(config, str(tmp_path / "run")) == summary
 

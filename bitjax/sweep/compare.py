@@ -23,8 +23,24 @@ def compare_precisions(config_spec: str, workdir: str, precisions, overrides=Non
   return [train_and_evaluate(cfg, os.path.join(workdir, p)) for p, cfg in configs.items()]
 
 
+def format_task_comparison(summaries: list[dict]) -> str:
+  """The table for tasks other than language modelling: every eval metric per run."""
+  keys = [k for k in summaries[0] if k.startswith("eval_")]
+  header = f"{'precision':<14}{'params':>12}" + "".join(f"{k[5:]:>14}" for k in keys) + \
+      f"{'minutes':>9}"
+  lines = [header, "-" * len(header)]
+  for s in summaries:
+    lines.append(f"{s['precision']:<14}{s['params']:>12,}"
+                 + "".join(f"{s[k]:>14.4f}" for k in keys) + f"{s['train_wall_s'] / 60:>9.1f}")
+  lines.append(f"task: {summaries[0]['task']}; data: {summaries[0]['data']['name']}; "
+               f"device: {summaries[0]['device_kind']}")
+  return "\n".join(lines)
+
+
 def format_comparison(summaries: list[dict]) -> str:
   """A plain-text table of the runs' validation metrics, baseline first."""
+  if summaries[0].get("task", "lm") != "lm":
+    return format_task_comparison(summaries)
   header = (f"{'precision':<14}{'params':>10}{'tokens':>12}{'val loss':>10}{'val ppl':>10}"
             f"{'bits/byte':>11}{'tok/s avg':>11}{'minutes':>9}")
   lines = [header, "-" * len(header)]
