@@ -3,8 +3,8 @@
 TASK: `mlm` (masked-byte pretraining on the embedded stdlib corpus: 15% of the
 bytes, 80/10/10; eval loss over the masked bytes of held-out files) or
 `classify_sequence` (which top-level stdlib package a chunk of seq_len bytes is
-from, 10 classes). Heads = hidden / 32, SwiGLU width 3 x hidden, bfloat16-free
-float32 compute for every precision. Examples:
+from, 10 classes). Heads = hidden / 32, SwiGLU width 3 x hidden, float32 compute for
+every precision. Examples:
   configs/encoder.py:mlm,precision=b1.58,hidden=128
   configs/encoder.py:classify_sequence,hidden=64 --config.train.steps=500
 """

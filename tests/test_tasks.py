@@ -119,6 +119,21 @@ def test_bad_small_model_configs_name_the_field(spec, overrides, message):
     validate_config(load_config(os.path.join(CONFIGS, spec), overrides))
 
 
+def test_dropout_only_with_a_key():
+  import jax
+  from flax import nnx
+
+  from bitjax.models import MLPClassifier, MLPConfig
+
+  model = MLPClassifier(MLPConfig(input_dim=8, num_classes=3, hidden_sizes=(64,), dropout=0.5),
+                        rngs=nnx.Rngs(0))
+  x = np.ones((4, 8), np.float32)
+  np.testing.assert_array_equal(model(x), model(x))
+  key = jax.random.key(1)
+  assert not np.allclose(model(x, dropout_rng=key), model(x))
+  np.testing.assert_array_equal(model(x, dropout_rng=key), model(x, dropout_rng=key))
+
+
 def test_array_batches_resume_from_their_state():
   arrays = {"x": np.arange(10)[:, None], "y": np.arange(10)}
   batches = ArrayBatches(arrays, 4, seed=3, block=0, num_blocks=1)
