@@ -181,13 +181,13 @@ class Task:
   """One config's task; the defaults fit classification of in-memory rows.
 
   `metric` is the summary's headline figure (eval_<metric>) that sweep reports
-  tabulate; `higher_is_better` says which way is good.
+  tabulate.
   """
 
   config_class: type[models.ModelConfig]
   model_class: type[nnx.Module]
   unit = "examples"  # what throughput counts
-  metric, higher_is_better = "accuracy", True
+  metric = "accuracy"
 
   def __init__(self, config):
     self.config = config
@@ -249,7 +249,7 @@ class LanguageModeling(Task):
 
   config_class, model_class = models.DecoderConfig, models.Decoder
   unit = "tokens"
-  metric, higher_is_better = "bits_per_byte", False
+  metric = "bits_per_byte"
 
   @staticmethod
   def default_data():
@@ -519,9 +519,6 @@ class CorpusTask(Task):
   def make_examples(self, windows: np.ndarray, rng: np.random.Generator) -> dict:
     raise NotImplementedError
 
-  def batch_sharding(self, mesh):
-    return logical_sharding((self.config.train.batch_size,), ("batch",), mesh)
-
   def train_iterator(self, block, num_blocks):
     lm = LanguageModeling(self.config)
     return MappedBatches(lm.train_iterator(block, num_blocks),
@@ -543,7 +540,7 @@ class MaskedLM(CorpusTask):
   """BERT pretraining: predict the masked bytes (15%, 80/10/10) of corpus windows."""
 
   config_class, model_class = models.EncoderConfig, models.Encoder
-  metric, higher_is_better = "loss", False
+  metric = "loss"
 
   @staticmethod
   def default_data():
@@ -587,7 +584,7 @@ class Seq2Seq(CorpusTask):
   next-token accuracy over the target tokens."""
 
   config_class, model_class = models.EncDecConfig, models.EncoderDecoder
-  metric, higher_is_better = "loss", False
+  metric = "loss"
 
   @staticmethod
   def default_data():

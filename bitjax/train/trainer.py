@@ -39,15 +39,14 @@ def device_batch(batch, sharding, num_blocks: int) -> dict[str, jax.Array]:
           for key, value in batch.items()}
 
 
-def _run_summary(config, task, model_cfg, model, eval_metrics, wall, steps_run, units_s,
-                 data_info):
-  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def _run_summary(config, task, model_cfg, model, num_params, eval_metrics, wall, steps_run,
+                 units_s, data_info):
   return {
       "task": config.task,
       "metric": task.metric,
       "precision": model_cfg.precision,
       "compute_dtype": jnp.dtype(model_cfg.dtype).name,
-      "params": params,
+      "params": num_params,
       "weight_memory_bits": weight_memory_bits(model),
       "steps": config.train.steps,
       **task.run_stats(model_cfg, model),
@@ -171,8 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
   wall = time.perf_counter() - t_start
   steps_run = tcfg.steps - start
-  summary = _run_summary(config, task, model_cfg, model, eval_metrics, wall, steps_run,
-                         steps_run * units_per_step / wall, data_info)
+  summary = _run_summary(config, task, model_cfg, model, num_params, eval_metrics, wall,
+                         steps_run, steps_run * units_per_step / wall, data_info)
   summary["workdir"] = workdir
   if lead:
     with open(summary_path, "w") as f:
