@@ -109,6 +109,7 @@ SHARDED_PACKED_SCRIPT = textwrap.dedent("""
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
     from bitjax.infer import PackedDense
+    from bitjax.kernels import ternary_matmul
     from bitjax.nn import BitDense
     from bitjax.quant import resolve_precision
     from bitjax.parallel import make_mesh, state_shardings
@@ -121,25 +122,35 @@ SHARDED_PACKED_SCRIPT = textwrap.dedent("""
                      rngs=nnx.Rngs(int(rng.integers(1 << 16))))
       graphdef, state = nnx.split(PackedDense(bit, backend="interpret"))
       x = jnp.asarray(rng.standard_normal((8, 4, din)), jnp.float32)
-      forward = lambda s, x: nnx.merge(graphdef, s)(x)
-      want = jax.jit(forward)(state, x)
+      x8 = jnp.asarray(rng.integers(-128, 128, (8, 4, din)), jnp.int8)
+      layer = lambda s, x: nnx.merge(graphdef, s)(x)
+      matmul = lambda s, x8: ternary_matmul(x8, s["packed"][...], s["scale"][...],
+                                            backend="interpret", weight_axes=axes)
+      want_layer, want_matmul = jax.jit(layer)(state, x), jax.jit(matmul)(state, x8)
       for sizes in [(2, 2, 2), (1, 8, 1), (1, 1, 8), (8, 1, 1)]:
         mesh = make_mesh(*sizes)
         shardings = state_shardings(state, mesh)
-        fn = sharded_jit(forward, mesh, in_shardings=(shardings, NamedSharding(mesh, P())),
-                         out_shardings=NamedSharding(mesh, P()))
-        lowered = fn.lower(jax.device_put(state, shardings), x)
-        got = fn(jax.device_put(state, shardings), x)
-        results[f"{din}x{dout} {sizes}"] = [float(jnp.abs(got - want).max()),
-                                            "manual_computation" in lowered.as_text()]
+        replicated = NamedSharding(mesh, P())
+        sharded = jax.device_put(state, shardings)
+        run = lambda f, x: sharded_jit(f, mesh, in_shardings=(shardings, replicated),
+                                       out_shardings=replicated)
+        lowered = run(matmul, x8).lower(sharded, x8)
+        results[f"{din}x{dout} {sizes}"] = [
+            float(jnp.abs(run(matmul, x8)(sharded, x8) - want_matmul).max()),
+            float(jnp.abs(run(layer, x)(sharded, x) - want_layer).max()
+                  / jnp.abs(want_layer).max()),
+            "manual_computation" in lowered.as_text()]
     print(json.dumps(results))
 """)
 
 
 def test_packed_layers_run_per_device_under_a_mesh(rng):
-  """Sharded packed layers (kernels inside shard_map) give exactly the one-device output."""
+  """Kernels inside shard_map: int8 inputs give exactly the one-device sums; a whole
+  PackedDense agrees to 1e-4 (XLA may partition the activation quantizer's float
+  arithmetic differently, so an int8 code can round the other way)."""
   results = json_result(run_on_8_devices(SHARDED_PACKED_SCRIPT, str(rng.integers(1 << 30))))
   assert len(results) == 8
-  for name, (max_diff, in_shard_map) in results.items():
+  for name, (matmul_diff, layer_rel_diff, in_shard_map) in results.items():
     assert in_shard_map, name
-    assert max_diff == 0.0, name
+    assert matmul_diff == 0.0, name
+    assert layer_rel_diff < 1e-4, name
