@@ -14,6 +14,7 @@ Row-batched tasks shard rows over the mesh's batch axes; a graph is replicated.
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import os
@@ -177,7 +178,7 @@ def mean_loss_and_accuracy(sums) -> tuple[jax.Array, dict[str, jax.Array]]:
 # -- tasks -------------------------------------------------------------------------------
 
 
-class Task:
+class Task(abc.ABC):
   """One config's task; the defaults fit classification of in-memory rows.
 
   `metric` is the summary's headline figure (eval_<metric>) that sweep reports
@@ -193,9 +194,9 @@ class Task:
     self.config = config
 
   @staticmethod
+  @abc.abstractmethod
   def default_data():
     """The config.data section with its defaults."""
-    raise NotImplementedError
 
   def validate(self, model_cfg) -> None:
     """Check config.data and the model fields that must fit the data; ValueError naming them."""
@@ -204,8 +205,9 @@ class Task:
     return logical_sharding((self.config.train.batch_size,), ("batch",), mesh)
 
   def splits(self) -> dict[str, dict]:
-    """In-memory tasks: {split: {name: array}} (rows first)."""
-    raise NotImplementedError
+    """In-memory tasks: {split: {name: array}} (rows first). Streaming tasks (LM, MLM,
+    graphs) hold no splits and override train_iterator and eval_batches instead."""
+    raise TypeError(f"{type(self).__name__} holds no in-memory splits")
 
   def train_iterator(self, block: int, num_blocks: int):
     """Endless iterator of this process's batches, with get_state / set_state."""
@@ -222,9 +224,9 @@ class Task:
     """Pure and jittable: (mean loss, metrics) of a train batch; rng for dropout."""
     return mean_loss_and_accuracy(self.eval_sums(model, batch, rng))
 
+  @abc.abstractmethod
   def eval_sums(self, model, batch, rng=None) -> dict[str, jax.Array]:
     """Statistics that add up over eval batches."""
-    raise NotImplementedError
 
   def summarize(self, totals: dict[str, float]) -> dict[str, float]:
     count = max(totals["count"], 1.0)
@@ -339,12 +341,13 @@ class FeatureClassification(Task):
     check_matches_data("input_dim", model_cfg.input_dim, data.input_dim, "feature count")
     check_matches_data("num_classes", model_cfg.num_classes, data.num_classes, "class count")
 
+  @abc.abstractmethod
   def check_source(self) -> None:
-    raise NotImplementedError
+    """Check that config.data names an available source; ValueError naming the field."""
 
+  @abc.abstractmethod
   def dataset(self):
     """The bitjax.data Classification (cached per data section)."""
-    raise NotImplementedError
 
   def splits(self):
     return self.dataset().splits
@@ -516,8 +519,9 @@ class CorpusTask(Task):
 
     return get_tokenizer(self.config.data)
 
+  @abc.abstractmethod
   def make_examples(self, windows: np.ndarray, rng: np.random.Generator) -> dict:
-    raise NotImplementedError
+    """Training examples (arrays keyed by name) from a batch of token windows."""
 
   def train_iterator(self, block, num_blocks):
     lm = LanguageModeling(self.config)
