@@ -28,8 +28,9 @@ flags.DEFINE_string("topology", None, "`compile`: TPU slice to compile for, e.g.
 flags.DEFINE_integer("num_slices", 1, "`compile`: how many such slices (config.mesh.dcn_* split them).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Call jax.distributed.initialize(): auto = when the environment describes a "
-                  "multi-process job (JAX_COORDINATOR_ADDRESS, several TPU_WORKER_HOSTNAMES, "
-                  "Slurm); on Cloud TPU VM pod slices pass `on`.")
+                  "multi-process job (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and "
+                  "JAX_PROCESS_ID off TPU/Slurm; several TPU_WORKER_HOSTNAMES; Slurm); on Cloud "
+                  "TPU VM pod slices pass `on`.")
 
 
 def _define_config_flag(command):
@@ -60,7 +61,10 @@ def main(argv):
       _compile()
     else:
       from bitjax.parallel import initialize_distributed
-      initialize_distributed(FLAGS.distributed)
+      try:
+        initialize_distributed(FLAGS.distributed)
+      except ValueError as e:  # JAX_NUM_PROCESSES / JAX_PROCESS_ID malformed
+        sys.exit(f"bitjax {command}: {e}")
       _run_command(command)
   except ConfigError as e:
     sys.exit(f"bitjax {command}: bad config: {e}")

@@ -19,6 +19,8 @@ from bitjax.train import optim, train_and_evaluate
 from bitjax.train.config import load_config, parse_config_arg, validate_config
 from bitjax.train.checkpoint import Checkpointer
 from bitjax.train.step import init_state
+from multidevice import json_result, start_processes
+from preemption import Preempted, preempt_after
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM_CONFIG = os.path.join(ROOT, "configs", "lm.py")
@@ -107,35 +109,12 @@ def test_workdir_of_another_config_is_refused(trained):
     train_and_evaluate(other, workdir)
 
 
-class Preempted(Exception):
-  pass
-
-
-class PreemptedIterator:
-  """Yields `stop_after` batches of the real iterator, then fails like a preempted job."""
-
-  def __init__(self, inner, stop_after):
-    self.inner, self.left = inner, stop_after
-
-  def __next__(self):
-    if not self.left:
-      raise Preempted
-    self.left -= 1
-    return next(self.inner)
-
-  def get_state(self):
-    return self.inner.get_state()
-
-  def set_state(self, state):
-    self.inner.set_state(state)
-
-
 def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypatch):
   config, _, straight = trained["b1.58"]
   make_iterator = bitjax.data.make_train_iterator
   with monkeypatch.context() as patch:
     patch.setattr(bitjax.data, "make_train_iterator",
-                  lambda *a, **k: PreemptedIterator(make_iterator(*a, **k), 90))
+                  preempt_after(make_iterator, 90))
     with pytest.raises(Preempted):
       train_and_evaluate(config, str(tmp_path))
   ckpt = Checkpointer(str(tmp_path / "checkpoints"), 2)
@@ -252,7 +231,7 @@ def test_compare_trains_each_precision_once_and_tabulates(data_dir, tmp_path):
     ("cpu", None)])
 def test_throughput_metrics_and_mfu(device_kind, peak):
   from bitjax.train.metrics import throughput_metrics
-  out = throughput_metrics(tokens_per_s=1e5, flops_per_token=6e9, num_devices=4,
+  out = throughput_metrics(units_per_s=1e5, flops_per_unit=6e9, num_devices=4,
                            device_kind=device_kind)
   assert out["tflops_per_device"] == pytest.approx(1e5 * 6e9 / 4 / 1e12)
   if peak is None:
@@ -268,65 +247,53 @@ def test_logged_throughput(trained):
   assert all(r["tflops_per_device"] > 0 and r["tokens_per_s"] > 0 for r in train)
 
 
-SHARDED_RESUME = """
+SHARDED_RUN = """
 import json, sys
+from bitjax.parallel import initialize_distributed
+initialize_distributed("auto")  # two hosts when the test sets JAX_COORDINATOR_ADDRESS
 import bitjax.data
 from bitjax.train import train_and_evaluate
 from bitjax.train.config import load_config
+sys.path.insert(0, "tests")
+from preemption import Preempted, preempt_after
 
-config_spec, overrides, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-make_iterator = bitjax.data.make_train_iterator
-
-class Preempted(Exception):
-  pass
-
-def preempted_after(steps):
-  def make(*args, **kwargs):
-    inner = make_iterator(*args, **kwargs)
-    class Iterator:
-      left = steps
-      def __next__(self):
-        if not self.left:
-          raise Preempted
-        self.left -= 1
-        return next(inner)
-      get_state, set_state = inner.get_state, inner.set_state
-    return Iterator()
-  return make
-
-bitjax.data.make_train_iterator = preempted_after(5)  # checkpointed at step 4
+config_spec, overrides, workdir, stop_after = sys.argv[1:]
+overrides = json.loads(overrides)
+if int(stop_after):
+  bitjax.data.make_train_iterator = preempt_after(bitjax.data.make_train_iterator,
+                                                  int(stop_after))
 try:
-  train_and_evaluate(load_config(config_spec, {**overrides, "mesh.data": 2, "mesh.fsdp": 2,
-                                               "mesh.tensor": 2}), workdir)
+  print(json.dumps(train_and_evaluate(load_config(config_spec, overrides), workdir)))
 except Preempted:
-  pass
-bitjax.data.make_train_iterator = make_iterator
-summary = train_and_evaluate(load_config(config_spec, {**overrides, "mesh.data": -1}), workdir)
-print(json.dumps(summary))
+  import jax
+  print(json.dumps({"preempted": True, "processes": jax.process_count(),
+                    "devices": jax.device_count()}))
 """
 
 
-def test_sharded_run_resumed_on_another_mesh_matches_one_device(data_dir, tmp_path):
-  """2x2x2 mesh, preempted, resumed as 8-way data parallel from the sharded checkpoint."""
+def test_two_host_run_resumed_on_one_host_and_another_mesh_matches_one_device(
+    data_dir, tmp_path):
+  """Two processes of 4 CPU devices each (jax.distributed on localhost) train on a 2x2x2
+  mesh, each feeding its own rows, and are preempted after step 5; one process of 8
+  devices resumes the checkpoint as 8-way data parallel. Both halves give the losses
+  of one device, and only host 0 wrote metrics."""
   overrides = {"data.data_dir": str(data_dir), "train.seq_len": 32, "train.batch_size": 8,
                "train.steps": 8, "train.eval_every": 4, "train.eval_batches": 2,
                "train.log_every": 2, "train.checkpoint_every": 4, "train.progress_bar": False,
                "optim.warmup_steps": 2, "model.compute_dtype": "float32"}
   spec = f"{LM_CONFIG}:nano,precision=b1.58"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   bitjax.data.data_source(load_config(spec, overrides).data, "train")  # build it once, here
-  process = subprocess.Popen(
-      [sys.executable, "-c", SHARDED_RESUME, spec, json.dumps(overrides), str(tmp_path / "8")],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+  workdir = str(tmp_path / "sharded")
+  mixed = {**overrides, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+  hosts = start_processes(SHARDED_RUN, 2, 4, spec, json.dumps(mixed), workdir, "5")
   one_device = train_and_evaluate(load_config(spec, overrides), str(tmp_path / "1"))
-  stdout, stderr = process.communicate(timeout=600)
-  assert process.returncode == 0, stderr[-4000:]
-  sharded = json.loads(stdout.strip().splitlines()[-1])
-  assert sharded["steps_this_session"] == 4
-  np.testing.assert_allclose(sharded["eval_loss"], one_device["eval_loss"], rtol=5e-4)
-  train_losses = lambda run: [r["loss"] for r in map(json.loads, open(run / "metrics.jsonl"))
+  for host in hosts:
+    assert json_result(host) == {"preempted": True, "processes": 2, "devices": 8}
+  resumed = json_result(start_processes(SHARDED_RUN, 1, 8, spec, json.dumps(
+      {**overrides, "mesh.data": -1}), workdir, "0")[0])
+  assert resumed["steps_this_session"] == 4
+  np.testing.assert_allclose(resumed["eval_loss"], one_device["eval_loss"], rtol=5e-4)
+  train_losses = lambda run: [r["loss"] for r in map(json.loads, open(f"{run}/metrics.jsonl"))
                               if r["split"] == "train"]
-  assert len(train_losses(tmp_path / "8")) == len(train_losses(tmp_path / "1")) == 4
-  np.testing.assert_allclose(train_losses(tmp_path / "8"), train_losses(tmp_path / "1"),
-                             rtol=5e-4)
+  assert len(train_losses(workdir)) == len(train_losses(tmp_path / "1")) == 4
+  np.testing.assert_allclose(train_losses(workdir), train_losses(tmp_path / "1"), rtol=5e-4)

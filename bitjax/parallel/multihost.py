@@ -36,13 +36,38 @@ def distributed_requested(mode: str, environ: Mapping[str, str] = os.environ) ->
               or int(environ.get("SLURM_NTASKS", "1")) > 1)
 
 
-def initialize_distributed(mode: str = "auto") -> bool:
+def initialize_distributed(mode: str = "auto", environ: Mapping[str, str] = os.environ) -> bool:
   """Join the multi-process job if `mode` (see distributed_requested) asks for it;
-  must run before anything touches a device. Returns whether it initialised."""
-  if not distributed_requested(mode):
+  must run before anything touches a device. Returns whether it initialised.
+
+  jax finds the hosts itself on Cloud TPU, GKE and Slurm. Anywhere else (GPU hosts,
+  several processes on one machine) set JAX_COORDINATOR_ADDRESS=host:port,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID (0 .. n-1) in every process."""
+  if not distributed_requested(mode, environ):
     return False
-  jax.distributed.initialize()
+  jax.distributed.initialize(**explicit_process_ids(environ))
   return True
+
+
+def explicit_process_ids(environ: Mapping[str, str]) -> dict[str, int]:
+  """num_processes and process_id from JAX_NUM_PROCESSES / JAX_PROCESS_ID, checked;
+  nothing when neither is set (jax then asks the cluster)."""
+  names = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+  given = {key: environ[name] for key, name in names.items() if environ.get(name)}
+  if not given:
+    return {}
+  if len(given) == 1:
+    raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID, or neither; got only "
+                     + names[next(iter(given))])
+  try:
+    ids = {key: int(value) for key, value in given.items()}
+  except ValueError:
+    raise ValueError(f"JAX_NUM_PROCESSES={given['num_processes']!r} and JAX_PROCESS_ID="
+                     f"{given['process_id']!r} must be integers") from None
+  if not 0 <= ids["process_id"] < ids["num_processes"]:
+    raise ValueError(f"JAX_PROCESS_ID={ids['process_id']} is not in [0, "
+                     f"JAX_NUM_PROCESSES={ids['num_processes']})")
+  return ids
 
 
 def process_batch_block(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
