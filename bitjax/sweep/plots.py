@@ -7,6 +7,7 @@ Every plot draws a precision in the same colour and marker (STYLES).
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -14,6 +15,8 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+from bitjax.train import files
 
 STYLES = {  # precision: (colour, marker); full precision in blues, quantized in warm tones
     "fp32": ("#08306b", "v"),
@@ -44,10 +47,15 @@ def _table_order(precision: str) -> int:
 
 
 def _save(fig: Figure, out_dir: str, name: str) -> list[str]:
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "svg")]
-  for path in paths:
-    fig.savefig(path, dpi=DPI)
+  """Write out_dir/name.png and .svg; out_dir may be a gs:// URL (rendered to memory, then
+  written as one object: savefig cannot open a URL)."""
+  files.makedirs(out_dir)
+  paths = []
+  for ext in ("png", "svg"):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=ext, dpi=DPI)
+    paths.append(os.path.join(out_dir, f"{name}.{ext}"))
+    files.write_bytes(paths[-1], buffer.getvalue())
   return paths
 
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from bitjax.sweep import runner
+from bitjax.train import files
 
 PLOTS_DIR = "plots"
 
@@ -79,8 +80,7 @@ def analyze_tasks(rows: list[dict], workdir: str) -> str:
   cells = seed_cells(rows)
   table = format_cells(cells)
   path = os.path.join(workdir, "results.md")
-  with open(path, "w") as f:
-    f.write(table + "\n")
+  files.write_text(path, table + "\n")
   paths = plots.plot_task_comparison(cells, os.path.join(workdir, PLOTS_DIR))
   return "\n".join([table, "", f"table: {path}",
                     "plots: " + ", ".join(p for p in paths if p.endswith(".png"))])
@@ -101,7 +101,6 @@ def analyze(workdir: str) -> str:
     return "\n".join([task_report, f"results: {csv_path}"])
   summary = fit.summarize(rows)
   out_dir = os.path.join(workdir, PLOTS_DIR)
-  os.makedirs(out_dir, exist_ok=True)
   paths = plots.plot_scaling(rows, summary, out_dir)
   paths += plots.plot_training_curves(runner.read_curves(workdir, [r["name"] for r in rows]),
                                       out_dir, rows=rows)

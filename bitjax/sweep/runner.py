@@ -2,17 +2,20 @@
 
 A run is finished when WORKDIR/NAME/result.json exists; it is written last, after
 the run's summary, so a killed sweep rerun with the same command trains only what
-is missing and leaves finished results untouched. `--task_index/--num_tasks`
+is missing and leaves finished results untouched. WORKDIR may be a gs:// URL
+(bitjax.train.files). `--task_index/--num_tasks`
 splits the runs over a job array (or one TPU slice per share).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
 from bitjax.sweep.spec import Run, load_sweep
+from bitjax.train import files
 
 RESULT_FILE = "result.json"
 RESULTS_CSV = "results.csv"
@@ -26,8 +29,7 @@ def task_share(runs: list[Run], task_index: int, num_tasks: int) -> list[Run]:
 
 
 def _read_result(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(files.read_text(path))
 
 
 def train_run(run: Run, config, workdir: str) -> dict:
@@ -38,11 +40,11 @@ def train_run(run: Run, config, workdir: str) -> dict:
   summary = train_and_evaluate(config, run_dir)
   result = {"name": run.name, **run.labels, **summary, "config_spec": run.config,
             "overrides": run.overrides, "labels": run.labels, "config": config.to_dict()}
-  result_path = os.path.join(run_dir, RESULT_FILE)
-  tmp = result_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, default=str)
-  os.replace(tmp, result_path)
+  # Whole or absent, never partial: locally a temporary file and os.replace; in an object
+  # store one upload, which becomes visible only when complete (files.write_atomic). Either
+  # way result.json appears only after the run's summary.json was written.
+  files.write_atomic(os.path.join(run_dir, RESULT_FILE),
+                     json.dumps(result, indent=2, default=str))
   return result
 
 
@@ -58,10 +60,10 @@ def run_sweep(sweep_spec: str, workdir: str, task_index: int = 0, num_tasks: int
   share = task_share(load_sweep(sweep_spec), task_index, num_tasks)
   result_path = lambda run: os.path.join(workdir, run.name, RESULT_FILE)
   pending = {run.name: load_config(run.config, run.overrides)
-             for run in share if not os.path.exists(result_path(run))}
+             for run in share if not files.exists(result_path(run))}
   for config in pending.values():
     validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   rows = []
   for i, run in enumerate(share, 1):
     log(f"[{i}/{len(share)}] {run.name}: "
@@ -73,12 +75,12 @@ def run_sweep(sweep_spec: str, workdir: str, task_index: int = 0, num_tasks: int
 
 def collect_results(workdir: str) -> list[dict]:
   """Result rows of every finished run under `workdir`, sorted by name."""
-  if not os.path.isdir(workdir):
+  if not files.isdir(workdir):
     raise ValueError(f"--workdir={workdir!r} is not a directory")
   rows = []
-  for name in sorted(os.listdir(workdir)):
+  for name in sorted(files.listdir(workdir)):
     path = os.path.join(workdir, name, RESULT_FILE)
-    if os.path.exists(path):
+    if files.exists(path):
       rows.append(_read_result(path))
   if not rows:
     raise ValueError(f"no finished runs (*/{RESULT_FILE}) under {workdir!r}")
@@ -91,10 +93,11 @@ def write_csv(rows: list[dict], path: str) -> str:
   for row in rows:
     columns += [k for k, v in row.items()
                 if k not in columns and isinstance(v, (str, int, float, bool))]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(path, text.getvalue())
   return path
 
 

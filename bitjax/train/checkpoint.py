@@ -7,13 +7,16 @@ import os
 
 import orbax.checkpoint as ocp
 
+from bitjax.train import files
+
 
 class Checkpointer:
   """Saves (train state, data iterator state) per step; keeps the newest few."""
 
   def __init__(self, directory: str, max_to_keep: int):
+    # Orbax takes gs:// URLs as they are (tensorstore writes the arrays there).
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        files.absolute(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
     )
 
@@ -52,9 +55,8 @@ def guard_config(workdir: str, config_dict: dict, write: bool = True) -> None:
   """
   path = os.path.join(workdir, "config.json")
   canonical = json.loads(json.dumps(config_dict, sort_keys=True, default=str))
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if files.exists(path):
+    saved = json.loads(files.read_text(path))
     old, new = _flatten(saved), _flatten(canonical)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
@@ -65,5 +67,4 @@ def guard_config(workdir: str, config_dict: dict, write: bool = True) -> None:
     return
   if not write:
     return
-  with open(path, "w") as f:
-    json.dump(canonical, f, indent=2, sort_keys=True)
+  files.write_text(path, json.dumps(canonical, indent=2, sort_keys=True))

@@ -16,6 +16,7 @@ import ml_collections
 from bitjax.data.config import optional
 from bitjax.models import ModelConfig
 from bitjax.parallel import MESH_FIELDS, check_mesh_fields
+from bitjax.train import files
 from bitjax.train.optim import resolve_schedule
 
 SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
@@ -125,12 +126,14 @@ def _validate(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def check_workdir(workdir: str) -> str:
-  """Refuse a workdir path that exists as a file; create the directory otherwise."""
+  """Refuse a workdir path that exists as a file (or a URL scheme that is not supported);
+  create the directory otherwise. A workdir may be a local path or a gs:// URL
+  (bitjax.train.files)."""
   if not workdir:
     raise ValueError("--workdir is required")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if files.exists(workdir) and not files.isdir(workdir):
     raise ValueError(f"--workdir={workdir!r} exists and is not a directory")
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   return workdir
 
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
+import time
+import uuid
+
+from absl import logging
+
+from bitjax.train import files
 
 
 def lm_metrics(loss_sum: float, tokens: float, bytes_: float) -> dict[str, float]:
@@ -15,13 +23,33 @@ def lm_metrics(loss_sum: float, tokens: float, bytes_: float) -> dict[str, float
 
 
 class MetricWriter:
-  """Appends every record to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends every record to workdir/metrics.jsonl and mirrors scalars to TensorBoard.
+
+  In a remote (gs://) workdir, metrics.jsonl is rewritten whole on every record, earlier
+  sessions' records included (files.RewrittenObject). TensorBoard events go to a local
+  temporary directory, uploaded to workdir/tensorboard/ on close and at most every
+  TB_UPLOAD_S seconds while training: tensorboardX writes gs:// only through
+  google-cloud-storage (not in the `gcs` extra) and only to GCS and S3. Each session's event
+  file name ends in a random suffix (tensorboardX names them by the second and host only),
+  so an upload never replaces an earlier session's. A failed upload only warns and keeps
+  the local copy: metrics.jsonl is the record, TensorBoard a mirror.
+  """
+
+  TB_UPLOAD_S = 60.0
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # here: benchmarks use this module without it
 
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.jsonl = files.open_append(os.path.join(workdir, "metrics.jsonl"))
+    tb_dir = os.path.join(workdir, "tensorboard")
+    self.tb_remote = tb_dir if files.is_remote(workdir) else None
+    if self.tb_remote:
+      self.tb_dir = tempfile.mkdtemp(prefix="bitjax-tensorboard-")
+      self.tb = SummaryWriter(self.tb_dir, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+    else:
+      self.tb_dir = tb_dir
+      self.tb = SummaryWriter(tb_dir)
+    self.tb_uploaded = time.monotonic()
 
   def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
     record = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
@@ -29,15 +57,32 @@ class MetricWriter:
     self.jsonl.flush()
     for key, value in scalars.items():
       self.tb.add_scalar(f"{split}/{key}", float(value), int(step))
+    if self.tb_remote and time.monotonic() - self.tb_uploaded >= self.TB_UPLOAD_S:
+      self.tb.flush()
+      self._upload_tensorboard()
+
+  def _upload_tensorboard(self) -> bool:
+    self.tb_uploaded = time.monotonic()
+    try:
+      files.upload_tree(self.tb_dir, self.tb_remote)
+      return True
+    except Exception as e:  # pylint: disable=broad-except  # a mirror must not end a run
+      logging.warning("TensorBoard events not uploaded to %s (%s: %s); they are in %s",
+                      self.tb_remote, type(e).__name__, e, self.tb_dir)
+      return False
 
   def close(self) -> None:
-    self.jsonl.close()
-    self.tb.close()
+    try:
+      self.jsonl.close()
+    finally:
+      self.tb.close()
+      if self.tb_remote and self._upload_tensorboard():
+        shutil.rmtree(self.tb_dir, ignore_errors=True)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = files.read_text(os.path.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 # Dense bf16 peak per chip in TFLOP/s, from the vendors' spec sheets (not measured here).
@@ -61,11 +106,11 @@ def peak_tflops(device_kind: str) -> float | None:
   return None
 
 
-def throughput_metrics(tokens_per_s: float, flops_per_token: float, num_devices: int,
-                       device_kind: str) -> dict[str, float]:
-  """tokens/s, achieved TFLOP/s per device and, on known accelerators, MFU."""
-  tflops = tokens_per_s * flops_per_token / num_devices / 1e12
-  out = {"tokens_per_s": tokens_per_s, "tflops_per_device": tflops}
+def throughput_metrics(units_per_s: float, flops_per_unit: float, num_devices: int,
+                       device_kind: str, unit: str = "tokens") -> dict[str, float]:
+  """`unit`s/s, achieved TFLOP/s per device and, on known accelerators, MFU."""
+  tflops = units_per_s * flops_per_unit / num_devices / 1e12
+  out = {f"{unit}_per_s": units_per_s, "tflops_per_device": tflops}
   peak = peak_tflops(device_kind)
   if peak is not None:
     out["mfu"] = tflops / peak

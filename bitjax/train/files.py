@@ -1,0 +1,169 @@
+"""Workdir file IO for local paths and object-store URLs (gs://; s3:// takes the same
+epath code path, untested).
+
+Every file a run or a sweep writes or reads in its workdir goes through here. Local
+paths use `open` / `os` exactly as they always have; URLs go through `etils.epath`
+(fsspec: gcsfs for gs://, from the `gcs` extra, or tf.io.gfile when TensorFlow is
+installed). Object stores differ from a filesystem in three ways that matter here:
+
+* no appends: `open_append` keeps the text and rewrites the whole object per flush;
+* no rename: `write_atomic` writes the object in one upload, which an object store
+  makes visible whole or not at all (instead of a temporary file and `os.replace`);
+* no directories: `makedirs` is a no-op there, and a "directory" exists once an object
+  lies under it, so callers never require an empty workdir to exist.
+
+Orbax checkpoints take the URL itself (`absolute` leaves URLs alone).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+# The schemes etils.epath routes to fsspec / tf.io.gfile; other "x://" strings are refused
+# rather than taken for a relative local path named "x:".
+REMOTE_SCHEMES = ("gs", "s3")
+
+
+def is_remote(path) -> bool:
+  """True for a URL ("gs://bucket/dir"); raises for a scheme epath cannot handle."""
+  path = os.fspath(path)
+  scheme, sep, _ = path.partition("://")
+  if not sep:
+    return False
+  if scheme not in REMOTE_SCHEMES:
+    raise ValueError(f"{path!r}: unsupported URL scheme {scheme}://; workdirs may be local "
+                     f"paths or {', '.join(s + '://' for s in REMOTE_SCHEMES)} URLs")
+  return True
+
+
+def _epath(path):
+  from etils import epath  # only for URLs: local IO needs no etils
+
+  return epath.Path(path)
+
+
+def absolute(path: str) -> str:
+  """os.path.abspath for local paths; URLs unchanged (abspath would mangle them)."""
+  return path if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+  return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def makedirs(path: str) -> None:
+  """Create the directory and its parents if missing. A no-op for URLs: an object's path
+  is just its name, so there is nothing to create (and gcsfs's makedirs would create a
+  missing *bucket*, turning a typo into a new bucket)."""
+  if not is_remote(path):
+    os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+  """Names of the entries directly under `path` (files and directories)."""
+  if is_remote(path):
+    return [p.name for p in _epath(path).iterdir()]
+  return os.listdir(path)
+
+
+def read_text(path: str) -> str:
+  if is_remote(path):
+    return _epath(path).read_bytes().decode("utf-8")
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  if is_remote(path):
+    _epath(path).write_bytes(data)
+  else:
+    with open(path, "wb") as f:
+      f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+  """Write `text` (UTF-8, newlines as given) in one call, so a remote object is uploaded
+  whole: a failure cannot leave a partial object behind."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Replace `path` by `text` so that readers see the old file or the whole new one.
+
+  Local: a temporary file, then os.replace (atomic on POSIX filesystems). Remote: one
+  upload of the object; an object store makes an object visible only once its upload
+  completes (a rename there would be copy + delete, no more atomic). The text is built
+  before anything is written, so a serialization error writes nothing.
+  """
+  if is_remote(path):
+    write_text(path, text)
+    return
+  tmp = path + ".tmp"
+  write_text(tmp, text)
+  os.replace(tmp, path)
+
+
+def open_append(path: str):
+  """A text file to append lines to: local, the file opened with "a"; remote, a
+  RewrittenObject."""
+  return RewrittenObject(path) if is_remote(path) else open(path, "a")
+
+
+class RewrittenObject:
+  """Append-only text for an object store, which cannot append: the object's text so far
+  (read once, when opened, so a resumed run keeps every earlier record) plus what was
+  written since is uploaded whole on every flush.
+
+  One object rewritten per flush, rather than one object per session, keeps the file one
+  plain JSON-lines object that every reader (read_metrics, `gsutil cat`, pandas) reads
+  as before, and loses nothing that was flushed. The price is O(file) bytes per flush:
+  metrics files stay kilobytes to a few MB, and GCS's limit of about one update per second
+  per object is far above one flush per log step (gcsfs retries the rare 429).
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._epath = _epath(path)
+    # Anything but "not there yet" (a permission or network error) propagates: starting
+    # empty would overwrite the records already there at the first flush.
+    self._text = io.StringIO()
+    if self._epath.exists():
+      self._text.write(self._epath.read_bytes().decode("utf-8"))
+    self._dirty = False
+    self.closed = False
+
+  def write(self, text: str) -> int:
+    if self.closed:
+      raise ValueError(f"write to closed {self.path}")
+    self._dirty = True
+    return self._text.write(text)
+
+  def flush(self) -> None:
+    if self._dirty:
+      write_text(self.path, self._text.getvalue())
+      self._dirty = False
+
+  def close(self) -> None:
+    if not self.closed:
+      self.flush()
+      self.closed = True
+
+
+def upload_tree(local_dir: str, remote_dir: str) -> list[str]:
+  """Copy every file under `local_dir` to the same relative path under `remote_dir`
+  (replacing those objects); returns the remote paths."""
+  out = []
+  for root, _, names in os.walk(local_dir):
+    for name in sorted(names):
+      rel = os.path.relpath(os.path.join(root, name), local_dir).replace(os.sep, "/")
+      with open(os.path.join(root, name), "rb") as f:
+        data = f.read()
+      target = f"{remote_dir.rstrip('/')}/{rel}"
+      write_bytes(target, data)
+      out.append(target)
+  return out
