@@ -87,6 +87,8 @@ def test_each_task_trains_through_the_trainer(name, python_corpus, tmp_path):
     records = [json.loads(line) for line in f]
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) for r in records)
+  train = [r for r in records if r["split"] == "train"]
+  assert all(r["tflops_per_device"] > 0 and r[f"{task.unit}_per_s"] > 0 for r in train)
   assert {r["split"] for r in records} == {"train", "eval"}
   assert f"task: {config.task}" in format_comparison([summary])
   # A finished run is read back, not trained again.

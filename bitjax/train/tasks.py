@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bitjax import models
 from bitjax.parallel import logical_sharding
 from bitjax.train import step as step_lib
+from bitjax.train.flops import train_matmul_flops
 from bitjax.train.metrics import lm_metrics, throughput_metrics
 
 
@@ -235,8 +236,16 @@ class Task(abc.ABC):
   def units_per_step(self) -> int:
     return self.config.train.batch_size
 
-  def throughput(self, model_cfg, units_per_s: float) -> dict[str, float]:
-    return {f"{self.unit}_per_s": units_per_s}
+  def train_flops_per_step(self, model_cfg, loss_of, params, batch) -> float:
+    """Matmul FLOPs of one training step, counted from the traced `loss_of(params,
+    batch)` (bitjax.train.flops); the LM uses its closed formula instead."""
+    del model_cfg
+    return float(train_matmul_flops(loss_of, params, batch))
+
+  def throughput(self, units_per_s: float, flops_per_step: float) -> dict[str, float]:
+    """Units/s, TFLOP/s per device and (on known accelerators) MFU."""
+    return throughput_metrics(units_per_s, flops_per_step / self.units_per_step(),
+                              jax.device_count(), jax.devices()[0].device_kind, self.unit)
 
   def run_stats(self, model_cfg, model) -> dict:
     """Task-specific summary fields (the LM's tokens and FLOPs)."""
@@ -304,10 +313,10 @@ class LanguageModeling(Task):
   def units_per_step(self):
     return self.config.train.batch_size * self.config.train.seq_len
 
-  def throughput(self, model_cfg, units_per_s):
-    return throughput_metrics(
-        units_per_s, models.train_flops_per_token(model_cfg, self.config.train.seq_len),
-        jax.device_count(), jax.devices()[0].device_kind)
+  def train_flops_per_step(self, model_cfg, loss_of, params, batch):
+    del loss_of, params, batch  # the closed formula (tests check the traced count equals it)
+    return float(models.train_flops_per_token(model_cfg, self.config.train.seq_len)
+                 * self.units_per_step())
 
   def run_stats(self, model_cfg, model):
     train = self.config.train

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
+from bitjax.train import files
 from bitjax.train.checkpoint import Checkpointer, guard_config
 from bitjax.train.config import ConfigError, check_workdir, validate_config
 from bitjax.train.metrics import MetricWriter
@@ -93,10 +94,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary_path = os.path.join(workdir, "summary.json")
   tcfg = config.train
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.max_checkpoints)
-  if checkpointer.latest_step() == tcfg.steps and os.path.exists(summary_path):
+  if checkpointer.latest_step() == tcfg.steps and files.exists(summary_path):
     checkpointer.close()
-    with open(summary_path) as f:
-      return json.load(f)
+    return json.loads(files.read_text(summary_path))
 
   mesh = make_config_mesh(config)
   quantized = model_cfg.spec.quantized
@@ -137,6 +137,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm(total=tcfg.steps, initial=start, disable=not (tcfg.progress_bar and lead),
              mininterval=2.0, desc=f"{model_cfg.precision} {num_params / 1e6:.2f}M",
              unit="step", dynamic_ncols=True)
+  # FLOPs per step for TFLOP/s and MFU, from the first batch's shapes (traced, not run).
+  loss_of = lambda params, batch: task.loss(nnx.merge(layout.graphdef, params), batch,
+                                            jax.random.key(0))[0]
+  flops_per_step = None
   t_start = t_log = time.perf_counter()
   step_log = start
   eval_metrics = None
@@ -150,8 +154,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         now = time.perf_counter()
         units_s = (step - step_log) * units_per_step / (now - t_log)
         t_log, step_log = now, step
+        if flops_per_step is None:
+          flops_per_step = task.train_flops_per_step(model_cfg, loss_of, state.params, batch)
+          t_log = time.perf_counter()  # tracing is not training time
         if writer:
-          writer.write(step, "train", {**metrics, **task.throughput(model_cfg, units_s)})
+          writer.write(step, "train", {**metrics, **task.throughput(units_s, flops_per_step)})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit}_s": f"{units_s:,.0f}"})
       if step % tcfg.eval_every == 0 or step == tcfg.steps:
         eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
@@ -174,6 +181,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          steps_run, steps_run * units_per_step / wall, data_info)
   summary["workdir"] = workdir
   if lead:
-    with open(summary_path, "w") as f:
-      json.dump(summary, f, indent=2)
+    files.write_text(summary_path, json.dumps(summary, indent=2))
   return summary
