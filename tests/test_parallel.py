@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from bitjax.parallel import (logical_to_spec, make_mesh, process_batch_block,
                              with_logical_constraint)
-from bitjax.parallel.multihost import distributed_requested
+from bitjax.parallel.multihost import distributed_requested, explicit_process_ids
 from multidevice import json_result, run_on_8_devices
 
 
@@ -42,16 +42,26 @@ def test_mesh_sizes_are_checked_naming_the_field():
     make_mesh(dcn_data=2)
 
 
-def test_every_parameter_of_the_decoder_has_logical_axes():
-  from flax import nnx
-  from bitjax.models import Decoder, DecoderConfig
+def model_variants():
+  from bitjax.models import (Decoder, DecoderConfig, EncDecConfig, Encoder, EncoderConfig,
+                             EncoderDecoder, GNN, GNNConfig, MLPClassifier, MLPConfig)
+  return [(Decoder, DecoderConfig(precision="bf16", tie_embeddings=True, num_layers=1)),
+          (Decoder, DecoderConfig(precision="b1.58", tie_embeddings=False, num_layers=1)),
+          (Encoder, EncoderConfig(precision="b1.58", num_classes=3, num_layers=1)),
+          (EncoderDecoder, EncDecConfig(precision="b1.58", num_layers=1)),
+          (MLPClassifier, MLPConfig(precision="bf16", use_bias=True)),
+          (GNN, GNNConfig(precision="b1.58")),
+          (GNN, GNNConfig(precision="bf16", architecture="gcn", hidden_sizes=(16,)))]
 
-  for precision, tie in (("bf16", True), ("b1.58", False)):
-    cfg = DecoderConfig(precision=precision, tie_embeddings=tie, num_layers=1)
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+
+def test_every_parameter_of_every_model_has_logical_axes():
+  from flax import nnx
+
+  for model_class, cfg in model_variants():
+    model = nnx.eval_shape(lambda: model_class(cfg, rngs=nnx.Rngs(0)))
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
       axes = var.get_metadata().get("out_sharding")
-      assert axes is not None and len(axes) == len(var.shape), (path, axes)
+      assert axes is not None and len(axes) == len(var.shape), (model_class, path, axes)
       logical_to_spec(axes)  # every name has a rule
 
 
@@ -76,6 +86,18 @@ def test_distributed_is_requested_by_flag_or_environment():
       "`TPU_WORKER_HOSTNAMES` manually, otherwise libtpu.so may not properly initialize.")})
   with pytest.raises(ValueError, match=r"--distributed='yes' is not one of \['auto', 'on', "):
     distributed_requested("yes", {})
+
+
+def test_process_ids_come_from_the_environment_when_given():
+  assert explicit_process_ids({}) == {}
+  assert explicit_process_ids({"JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}) == {
+      "num_processes": 4, "process_id": 3}
+  with pytest.raises(ValueError, match="got only JAX_PROCESS_ID"):
+    explicit_process_ids({"JAX_PROCESS_ID": "1"})
+  with pytest.raises(ValueError, match=r"JAX_PROCESS_ID=4 is not in \[0, JAX_NUM_PROCESSES=4\)"):
+    explicit_process_ids({"JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "4"})
+  with pytest.raises(ValueError, match="must be integers"):
+    explicit_process_ids({"JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
 
 
 def test_one_process_feeds_the_whole_batch():

@@ -136,10 +136,15 @@ def compiled_memory(compiled) -> CompiledMemory:
                         stats.generated_code_size_in_bytes)
 
 
-def compiled_flops(compiled) -> float | None:
-  """FLOPs of one execution on one chip, as XLA's cost model counts them (None if absent).
-  Older jax versions return a list with one dict per program."""
+def compiled_cost(compiled) -> dict[str, float]:
+  """XLA's cost model of one execution on one chip ("flops", "bytes accessed", ...);
+  empty where the backend gives none. Older jax versions return one dict per program."""
   costs = compiled.cost_analysis()
   if isinstance(costs, (list, tuple)):
     costs = costs[0] if costs else {}
-  return (costs or {}).get("flops")
+  return dict(costs or {})
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one execution on one chip, as XLA's cost model counts them (None if absent)."""
+  return compiled_cost(compiled).get("flops")

@@ -169,7 +169,8 @@ def format_report(report: CompileReport) -> str:
   ]
   if report.compiled_flops is not None:
     lines.append(f"                {report.compiled_flops * chips:.3e} compiled (XLA's cost "
-                 f"model per chip x {chips} chips: an estimate; MFU uses the analytic count)")
+                 f"model per chip x {chips} chips; it counts a loop body once, so FSDP's "
+                 "windowed matmuls make it low; MFU uses the analytic count)")
   peak = peak_tflops(report.device_kind)
   if peak:
     ideal = report.analytic_flops / (chips * peak * 1e12)

@@ -10,15 +10,27 @@ size is compiled, run `--warmup` times, then timed step by step (blocking on the
 for `--steps` steps; the table gives the median. TFLOP/s and MFU count the analytic
 6N + attention FLOPs per token (bitjax.models.train_flops_per_token; remat's recomputation
 is not counted, as usual for MFU) against the chip's dense BF16 peak
-(bitjax.train.metrics). A batch size that runs out of memory is reported as OOM.
+(bitjax.train.metrics). "XLA GB" is the bytes XLA's cost model expects the step to move
+(memory traffic: quantization adds elementwise passes over weights and activations).
+`--breakdown` also times the loss alone (forward) and its gradient (forward + backward),
+so the step splits into forward, backward and optimizer: where b1.58 pays over BF16.
+`--profile DIR` writes a jax.profiler trace of a few steps of each row (TensorBoard /
+Perfetto) and prints the accelerator time per step by kind of kernel (matmul, attention,
+other fusions, copies) and the longest kernels. A batch size that runs out of memory is reported as OOM; each phase is
+announced before it starts, so a slow compile shows where it is.
 Needs only jax, flax, optax and numpy (no ml_collections, grain, TFDS, tensorboardX).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
+import glob
+import gzip
+import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -28,14 +40,18 @@ from types import SimpleNamespace
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
 import jax  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bitjax.models import DecoderConfig, train_flops_per_token  # noqa: E402
 from bitjax.parallel import make_mesh  # noqa: E402
+from bitjax.parallel.aot import compiled_cost  # noqa: E402
 from bitjax.train.metrics import peak_tflops  # noqa: E402
 from bitjax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from bitjax.train.step import batch_sharding, jit_train_step, state_layout  # noqa: E402
+from bitjax.train.step import (batch_sharding, jit_train_step, next_token_loss,  # noqa: E402
+                               state_layout)
 
 # (hidden, GLU hidden, heads, layers, vocab, sequence): `700m` is the BitNet b1.58 paper's
 # 700M shape (configs/lm.py:700m); `tiny` only checks that the script runs.
@@ -48,7 +64,8 @@ OPTIM = SimpleNamespace(schedule="constant", lr=1.5e-3, stage2_lr=1e-3, stage1_e
                         warmup_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                         grad_clip=1.0)
 COLUMNS = ("batch", "precision", "step ms", "tokens/s", "TFLOP/s", "MFU", "b1.58/bf16",
-           "compile s")
+           "XLA GB", "compile s")
+BREAKDOWN_COLUMNS = ("fwd ms", "fwd+bwd ms", "optim ms")
 
 
 def model_config(size: str, precision: str, remat: bool) -> DecoderConfig:
@@ -63,9 +80,27 @@ def is_out_of_memory(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in message or "out of memory" in message.lower()
 
 
-def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int,
-              steps: int) -> tuple[float, float]:
-  """(median step seconds, compile seconds) of the donated train step at `batch_size`."""
+def announce(message: str) -> None:
+  print(f"  [{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def median_seconds(call, warmup: int, steps: int) -> float:
+  """Median wall time of `call()` (which blocks on its result) after `warmup` calls."""
+  for _ in range(warmup):
+    call()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int, steps: int,
+              breakdown: bool = False, profile_dir: str | None = None) -> dict:
+  """Median seconds of the donated train step at `batch_size` (`step_s`), its compile
+  time and XLA's byte count; with `breakdown` also of the loss (`forward_s`) and of its
+  gradient (`backward_s`, forward included)."""
   mesh = make_mesh(devices=jax.devices()[:1])
   tx = make_optimizer(OPTIM, 1000, cfg.spec.quantized)
   layout = state_layout(cfg, tx, 0, mesh)
@@ -74,20 +109,83 @@ def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int,
   batch = jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, batches)
   step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 1000, cfg.spec.quantized),
                         mesh, batches)
+  announce(f"compiling the {cfg.precision} step, batch {batch_size}")
   start = time.perf_counter()
   compiled = step.lower(layout.abstract, batch).compile()
-  compile_s = time.perf_counter() - start
+  result = {"compile_s": time.perf_counter() - start,
+            "xla_bytes": compiled_cost(compiled).get("bytes accessed")}
+  announce(f"compiled in {result['compile_s']:.0f} s; timing")
   state = layout.init()
-  for _ in range(warmup):
-    state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
+
+  def run_step():
+    nonlocal state
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics["loss"])
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), compile_s
+
+  result["step_s"] = median_seconds(run_step, warmup, steps)
+  if breakdown:
+    loss = lambda params, batch: next_token_loss(nnx.merge(layout.graphdef, params), batch,
+                                                 None)[0]
+    # The gradient's norm keeps every gradient live without returning it.
+    for key, fn in (("forward_s", jax.jit(loss)),
+                    ("backward_s", jax.jit(lambda p, b: optax.tree.norm(jax.grad(loss)(p, b))))):
+      announce(f"timing {key[:-2]} alone")
+      result[key] = median_seconds(lambda: jax.block_until_ready(fn(state.params, batch)),
+                                   warmup, steps)
+  if profile_dir:
+    trace_dir = os.path.join(profile_dir, f"{cfg.precision}_batch{batch_size}")
+    announce(f"tracing {PROFILED_STEPS} steps to {trace_dir}")
+    with jax.profiler.trace(trace_dir):
+      for _ in range(PROFILED_STEPS):
+        run_step()
+    print(format_kernel_times(device_kernel_times(trace_dir), PROFILED_STEPS), flush=True)
+  return result
+
+
+PROFILED_STEPS = 3
+# Kernel kinds by name, first match wins: cuBLAS/CUTLASS/Triton GEMMs and XLA's dot and
+# convolution ops (TPU), attention kernels, copies, then the other XLA fusions.
+KERNEL_KINDS = (("matmul", r"gemm|xmma|cutlass|nvjet|cublas|wgmma|matmul|dot|convolution"),
+                ("attention", r"flash|fmha|attention|softmax"),
+                ("copy / transpose", r"copy|transpose|memcpy|memset"),
+                ("other fusions", r"."))
+
+
+def device_kernel_times(trace_dir: str) -> dict[str, float]:
+  """Total microseconds per kernel name on the accelerators in a jax.profiler trace
+  (the Chrome trace.json.gz it writes), numbered copies of a name pooled
+  ("loop_multiply_fusion_3" -> "loop_multiply_fusion"). Empty for a CPU-only trace."""
+  totals = collections.Counter()
+  for path in glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz")):
+    with gzip.open(path) as f:
+      events = json.load(f)["traceEvents"]
+    devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+               and e["args"]["name"].startswith("/device:")}
+    for e in events:
+      if e.get("ph") == "X" and e["pid"] in devices:
+        totals[re.sub(r"[._]\d+$", "", e["name"])] += e.get("dur", 0.0)
+  return dict(totals)
+
+
+def kernel_kind(name: str) -> str:
+  return next(kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name.lower()))
+
+
+def format_kernel_times(times: dict[str, float], steps: int, top: int = 8) -> str:
+  """Milliseconds per step by kernel kind, then the `top` longest kernels."""
+  if not times:
+    return "    (no accelerator kernels in the trace)"
+  total = sum(times.values())
+  kinds = collections.Counter()
+  for name, micros in times.items():
+    kinds[kernel_kind(name)] += micros
+  line = lambda label, micros: (f"    {label[:60]:<60} {micros / steps / 1e3:9.2f} ms/step "
+                                f"{micros / total:6.1%}")
+  return "\n".join([line("accelerator busy", total)]
+                   + [line(kind, micros) for kind, micros in kinds.most_common()]
+                   + ["    longest kernels:"]
+                   + [line(name, micros) for name, micros in
+                      collections.Counter(times).most_common(top)])
 
 
 def run(args) -> list[dict]:
@@ -104,22 +202,24 @@ def run(args) -> list[dict]:
       cfg = model_config(args.size, precision, args.remat)
       row = {"batch": batch_size, "precision": precision}
       try:
-        seconds, compile_s = time_step(cfg, batch_size, seq_len, args.warmup, args.steps)
+        measured = time_step(cfg, batch_size, seq_len, args.warmup, args.steps,
+                             args.breakdown, args.profile)
       except Exception as e:  # jax's runtime error type moved between versions
         if not is_out_of_memory(e):
           raise
         row["status"] = "OOM"
       else:
+        seconds = measured["step_s"]
         tokens_s = batch_size * seq_len / seconds
         tflops = tokens_s * train_flops_per_token(cfg, seq_len) / 1e12
-        row.update(status="ok", step_ms=seconds * 1e3, tokens_s=tokens_s, tflops=tflops,
-                   mfu=tflops / peak if peak else None, compile_s=compile_s)
+        row.update(measured, status="ok", step_ms=seconds * 1e3, tokens_s=tokens_s,
+                   tflops=tflops, mfu=tflops / peak if peak else None)
         if precision == "bf16":
           bf16_ms = row["step_ms"]
         elif bf16_ms:
           row["ratio"] = row["step_ms"] / bf16_ms
       rows.append(row)
-      print(format_row(row), flush=True)
+      print(format_row(row, args.breakdown), flush=True)
       if args.out:
         with open(args.out, "w") as f:
           f.write(format_table(args, rows) + "\n")
@@ -128,14 +228,21 @@ def run(args) -> list[dict]:
   return rows
 
 
-def format_row(row: dict) -> str:
+def format_row(row: dict, breakdown: bool = False) -> str:
+  width = len(COLUMNS) + (len(BREAKDOWN_COLUMNS) if breakdown else 0)
   if row["status"] != "ok":
-    cells = (row["batch"], row["precision"], "OOM", "", "", "", "", "")
+    cells = (row["batch"], row["precision"], "OOM") + ("",) * (width - 3)
   else:
+    ms = lambda seconds: f"{seconds * 1e3:.1f}"
     cells = (row["batch"], row["precision"], f"{row['step_ms']:.1f}",
              f"{row['tokens_s']:,.0f}", f"{row['tflops']:.2f}",
              "-" if row["mfu"] is None else f"{row['mfu']:.1%}",
-             f"{row['ratio']:.3f}" if "ratio" in row else "", f"{row['compile_s']:.0f}")
+             f"{row['ratio']:.3f}" if "ratio" in row else "",
+             "-" if row["xla_bytes"] is None else f"{row['xla_bytes'] / 1e9:.1f}",
+             f"{row['compile_s']:.0f}")
+    if breakdown:
+      cells += (ms(row["forward_s"]), ms(row["backward_s"]),
+                ms(row["step_s"] - row["backward_s"]))
   return "".join(f"{str(cell):>12}" for cell in cells)
 
 
@@ -150,9 +257,10 @@ def format_table(args, rows: list[dict]) -> str:
       f"device: {device.device_kind} ({jax.device_count()} visible, 1 used), jax "
       f"{jax.__version__}, peak {peak or 'unknown'} TFLOP/s; median of {args.steps} steps "
       f"after {args.warmup} warm-up",
-      "".join(f"{name:>12}" for name in COLUMNS),
+      "".join(f"{name:>12}"
+              for name in COLUMNS + (BREAKDOWN_COLUMNS if args.breakdown else ())),
   ]
-  return "\n".join(header + [format_row(row) for row in rows])
+  return "\n".join(header + [format_row(row, args.breakdown) for row in rows])
 
 
 def parse_args(argv=None):
@@ -164,6 +272,9 @@ def parse_args(argv=None):
   parser.add_argument("--remat", action="store_true", help="rematerialise every block")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time forward and forward+backward alone (optimizer = the rest)")
+  parser.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace per row here")
   parser.add_argument("--out", help="also write the table to this file")
   return parser.parse_args(argv)
 
