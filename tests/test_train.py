@@ -3,6 +3,7 @@ refusals, schedules and config errors."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -107,6 +108,21 @@ def test_workdir_of_another_config_is_refused(trained):
   other = small_config(config.data.data_dir, "bf16", **{"optim.lr": 1e-4})
   with pytest.raises(ValueError, match=r"different config \(optim.lr: 0.004 -> 0.0001\)"):
     train_and_evaluate(other, workdir)
+
+
+def test_workdir_from_before_a_field_existed_resumes_while_it_holds_its_default(trained,
+                                                                                tmp_path):
+  """A run begun before `model.scan_layers` existed: its config.json lacks the field."""
+  config, workdir, summary = trained["bf16"]
+  old = tmp_path / "old_run"
+  shutil.copytree(workdir, old)
+  saved = json.loads((old / "config.json").read_text())
+  del saved["model"]["scan_layers"]
+  (old / "config.json").write_text(json.dumps(saved))
+  assert train_and_evaluate(config, str(old)) == summary  # finished: read back, not retrained
+  scanned = small_config(config.data.data_dir, "bf16", **{"model.scan_layers": True})
+  with pytest.raises(ValueError, match=r"different config \(model.scan_layers: None -> True\)"):
+    train_and_evaluate(scanned, str(old))
 
 
 def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypatch):

@@ -46,18 +46,28 @@ def _flatten(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
-def guard_config(workdir: str, config_dict: dict, write: bool = True) -> None:
+def _canonical(config_dict: dict) -> dict:
+  return json.loads(json.dumps(config_dict, sort_keys=True, default=str))
+
+
+def guard_config(workdir: str, config_dict: dict, write: bool = True,
+                 defaults: dict | None = None) -> None:
   """Write config.json into a new workdir (if `write`: one process of a multi-host job
   does); refuse to reuse one made with another config.
 
   Resuming must continue the same experiment, so any changed field is an error
-  that names it (and asks for a new workdir) instead of silently mixing runs.
+  that names it (and asks for a new workdir) instead of silently mixing runs. A field
+  the saved config lacks (added to bitjax after the run began) counts as unchanged
+  while it holds its value in `defaults`, the schema's defaults.
   """
   path = os.path.join(workdir, "config.json")
-  canonical = json.loads(json.dumps(config_dict, sort_keys=True, default=str))
+  canonical = _canonical(config_dict)
   if files.exists(path):
     saved = json.loads(files.read_text(path))
     old, new = _flatten(saved), _flatten(canonical)
+    added_at_default = {k: v for k, v in _flatten(_canonical(defaults or {})).items()
+                        if k not in old}
+    old.update({k: v for k, v in added_at_default.items() if new.get(k) == v})
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
       details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])

@@ -18,7 +18,7 @@ from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
 from bitjax.train import files
 from bitjax.train.checkpoint import Checkpointer, guard_config
-from bitjax.train.config import ConfigError, check_workdir, validate_config
+from bitjax.train.config import ConfigError, check_workdir, default_config, validate_config
 from bitjax.train.metrics import MetricWriter
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
 from bitjax.train.step import jit_train_step, state_layout
@@ -90,7 +90,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
   # The mesh says how a run is laid out, not what it computes: a run may resume on another.
-  guard_config(workdir, {k: v for k, v in config.to_dict().items() if k != "mesh"}, write=lead)
+  without_mesh = lambda config: {k: v for k, v in config.to_dict().items() if k != "mesh"}
+  guard_config(workdir, without_mesh(config), write=lead,
+               defaults=without_mesh(default_config(config.task)))
   summary_path = os.path.join(workdir, "summary.json")
   tcfg = config.train
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.max_checkpoints)
