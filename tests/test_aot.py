@@ -55,7 +55,7 @@ def test_a_step_that_does_not_fit_gets_suggestions():
   report = CompileReport(
       topology="v5e:4x4", num_slices=1, chips=16, device_kind="TPU v5 lite",
       mesh={"data": 16, "fsdp": 1, "tensor": 1}, precision="b1.58", compute_dtype="bfloat16",
-      params=778_000_000, batch_size=512, seq_len=2048, remat=False,
+      params=778_000_000, batch_size=512, seq_len=2048, remat=False, scan_layers=False,
       memory=CompiledMemory(int(8.7 * GIB), int(8.7 * GIB), int(8.7 * GIB), 33 * GIB, 0),
       hbm=16 * GIB, out_of_memory=None, compiled_flops=None, analytic_flops=5.5e15)
   text = format_report(report)
@@ -86,7 +86,8 @@ def test_700m_b158_step_compiles_for_v5e_4x4_and_fits():
   print(format_report(report))
   memory = report.memory
   assert report.chips == 16 and report.mesh == {"data": 1, "fsdp": 16, "tensor": 1}
-  assert report.compute_dtype == "bfloat16" and report.remat
+  assert report.compute_dtype == "bfloat16" and report.remat and report.scan_layers
+  assert "blocks scanned" in format_report(report)
   # Parameters plus two Adam moments in float32, spread over the chips, are a floor.
   state = report.params * 3 * 4 / 16
   assert 700e6 < report.params < 800e6

@@ -27,13 +27,14 @@ def test_train_step_bench_runs_tiny_without_the_data_stack(tmp_path):
   out = tmp_path / "table.txt"
   block = "; ".join(f"sys.modules[{name!r}] = None" for name in MISSING_ON_GPU_MACHINE)
   code = (f"import sys, runpy; {block}; sys.argv = [{SCRIPT!r}, '--size', 'tiny', "
-          f"'--batch_sizes', '2', '--steps', '2', '--warmup', '1', '--breakdown', "
+          f"'--batch_sizes', '2', '--steps', '2', '--warmup', '1', '--breakdown', '--scan_layers', "
           f"'--out', {str(out)!r}]; "
           f"runpy.run_path({SCRIPT!r}, run_name='__main__')")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600, cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
   lines = out.read_text().splitlines()
+  assert "blocks scanned" in lines[0]
   assert lines[2].split() == ["batch", "precision", "step", "ms", "tokens/s", "TFLOP/s", "MFU",
                               "b1.58/bf16", "XLA", "GB", "compile", "s", "fwd", "ms",
                               "fwd+bwd", "ms", "optim", "ms"]

@@ -41,14 +41,14 @@ def tokens(batch, seq):
   return jax.ShapeDtypeStruct((batch, seq), jnp.int32)
 
 
-@pytest.mark.parametrize("precision, kv_heads, mlp_type, remat, tie", [
-    ("bf16", None, "swiglu", False, True), ("b1.58", 2, "swiglu", True, False),
-    ("1bit", 4, "relu2", False, False)])
+@pytest.mark.parametrize("precision, kv_heads, mlp_type, remat, tie, scan", [
+    ("bf16", None, "swiglu", False, True, False), ("b1.58", 2, "swiglu", True, False, False),
+    ("1bit", 4, "relu2", False, False, False), ("b1.58", None, "relu2_glu", True, True, True)])
 def test_traced_count_of_the_decoder_equals_its_closed_formula(precision, kv_heads, mlp_type,
-                                                               remat, tie):
+                                                               remat, tie, scan):
   cfg = DecoderConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=kv_heads, mlp_hidden_size=96, mlp_type=mlp_type,
-                      precision=precision, remat=remat, tie_embeddings=tie)
+                      precision=precision, remat=remat, tie_embeddings=tie, scan_layers=scan)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
   loss = lambda p, b: next_token_loss(nnx.merge(graphdef, p), b, None)[0]
   batch = {"inputs": tokens(3, 40), "targets": tokens(3, 40)}

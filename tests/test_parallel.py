@@ -49,6 +49,9 @@ def model_variants():
           (Decoder, DecoderConfig(precision="b1.58", tie_embeddings=False, num_layers=1)),
           (Encoder, EncoderConfig(precision="b1.58", num_classes=3, num_layers=1)),
           (EncoderDecoder, EncDecConfig(precision="b1.58", num_layers=1)),
+          (Decoder, DecoderConfig(precision="b1.58", num_layers=2, scan_layers=True)),
+          (EncoderDecoder, EncDecConfig(precision="bf16", num_layers=2, num_decoder_layers=3,
+                                        scan_layers=True)),
           (MLPClassifier, MLPConfig(precision="bf16", use_bias=True)),
           (GNN, GNNConfig(precision="b1.58")),
           (GNN, GNNConfig(precision="bf16", architecture="gcn", hidden_sizes=(16,)))]
@@ -106,7 +109,7 @@ def test_one_process_feeds_the_whole_batch():
 
 
 SHARDED_TRAINING = textwrap.dedent("""
-    import json, sys
+    import dataclasses, json, sys
     import jax, numpy as np
     from bitjax.models import DecoderConfig
     from bitjax.parallel import global_batch, make_mesh
@@ -117,6 +120,8 @@ SHARDED_TRAINING = textwrap.dedent("""
     MESHES = {"one_device": dict(devices=jax.devices()[:1]), "data": dict(data=8),
               "fsdp": dict(data=1, fsdp=8), "tensor": dict(data=1, tensor=8),
               "mixed": dict(data=2, fsdp=2, tensor=2)}
+    # Blocks stacked for a scan start from other random weights: compared with each other.
+    SCANNED = {"one_device_scanned": MESHES["one_device"], "mixed_scanned": MESHES["mixed"]}
     STEPS, BATCH, SEQ = 4, 8, 16
     optim = default_config().optim
     optim.update(schedule="constant", lr=1e-2, warmup_steps=0)
@@ -129,9 +134,11 @@ SHARDED_TRAINING = textwrap.dedent("""
     schedule = learning_rate_schedule(optim, STEPS, cfg.spec.quantized)
     spec = lambda array: str(array.sharding.spec)
     results = {}
-    for name, mesh_args in MESHES.items():
+    for name, mesh_args in {**MESHES, **SCANNED}.items():
       mesh = make_mesh(**mesh_args)
-      layout = state_layout(cfg, tx, 0, mesh)
+      scanned = name in SCANNED
+      layout = state_layout(dataclasses.replace(cfg, num_layers=2, scan_layers=True) if scanned
+                            else cfg, tx, 0, mesh)
       batches = batch_sharding(mesh, BATCH, SEQ)
       step = jit_train_step(layout, tx, schedule, mesh, batches)
       state, losses = layout.init(), []
@@ -140,7 +147,8 @@ SHARDED_TRAINING = textwrap.dedent("""
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
       adam = state.opt_state[1][0]
-      layer, moments = state.params["layers"][0], adam.mu["layers"][0]
+      layer, moments = ((state.params["layers"], adam.mu["layers"]) if scanned else
+                        (state.params["layers"][0], adam.mu["layers"][0]))
       results[name] = {
           "losses": losses,
           "q_proj": spec(layer["attn"]["q_proj"]["kernel"].get_value()),
@@ -184,4 +192,18 @@ def test_parameters_and_optimizer_state_shard_by_the_rules(sharded_runs):
   assert mixed["adam_count"] == mixed["step"] == str(P())  # scalars replicated
   shards = {mesh: run["q_proj_shard"] for mesh, run in sharded_runs["bf16"].items()}
   assert shards == {"one_device": [32, 32], "data": [32, 32], "fsdp": [4, 32],
-                    "tensor": [32, 4], "mixed": [16, 16]}
+                    "tensor": [32, 4], "mixed": [16, 16], "one_device_scanned": [2, 32, 32],
+                    "mixed_scanned": [2, 16, 16]}
+  scanned = sharded_runs["b1.58"]["mixed_scanned"]
+  assert scanned["q_proj"] == scanned["q_proj_adam_mu"] == str(P(None, "fsdp", "tensor"))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_sharded_training_of_scanned_blocks_gives_the_losses_of_one_device(sharded_runs,
+                                                                           precision):
+  """Two blocks stacked on a `layers` axis (replicated) and run by a scan, on 2x2x2."""
+  runs = sharded_runs[precision]
+  reference = runs["one_device_scanned"]["losses"]
+  assert reference[-1] < reference[0] - 0.2
+  np.testing.assert_allclose(runs["mixed_scanned"]["losses"], reference,
+                             rtol=LOSS_RTOL[precision])

@@ -20,6 +20,7 @@ from flax import nnx
 
 from bitjax.kernels import (FORMAT_NAME, pack_base3, pack_ternary, ternary_matmul,
                             ternary_to_codes, unpack_base3, unpack_ternary)
+from bitjax.models.transformer import convert_layers
 from bitjax.nn import BitDense
 from bitjax.quant import QuantSpec
 from bitjax.quant.quantizers import quantize_activation, quantize_weight
@@ -113,12 +114,16 @@ def _replace(model: nnx.Module, path, new) -> None:
 
 
 def pack_model(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, PackReport]:
-  """A copy of `model` with every ternary/binary BitDense packed, and the byte report."""
+  """A copy of `model` with every ternary/binary BitDense packed, and the byte report.
+
+  Blocks stacked for a scan (`config.model.scan_layers`) are unstacked into a list first,
+  so every layer gets its own packed weights and scale."""
   if not _ternary_layers(model):
     raise ValueError("the model has no BitDense layer with packable weights "
                      f"(weight_quant in {list(PACKABLE_WEIGHTS)}); was it built with a "
                      "quantized precision such as b1.58?")
-  packed_model = nnx.clone(model)
+  scanned = getattr(getattr(model, "cfg", None), "scan_layers", False)
+  packed_model = convert_layers(model, scan=False) if scanned else nnx.clone(model)
   layers = _ternary_layers(packed_model)
   weights = packed_bytes = 0
   for path, layer in layers:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.transformer import (TransformerBlock, TransformerConfig, apply_layers,
+from bitjax.models.transformer import (TransformerConfig, apply_layers, make_layers,
                                        positions_like)
 from bitjax.nn import BitDense, Embed, make_norm
 from bitjax.parallel.sharding import with_logical_constraint
@@ -32,7 +32,7 @@ class Decoder(nnx.Module):
   def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
-    self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.layers = make_layers(cfg, cfg.num_layers, rngs=rngs)
     self.final_norm = make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps, rngs=rngs)
     self.lm_head = None if cfg.tie_embeddings else BitDense(
         cfg.hidden_size, cfg.vocab_size, norm=None, dtype=cfg.dtype,

@@ -20,7 +20,7 @@ from flax import nnx
 
 from bitjax.models.encoder import check_token_id
 from bitjax.models.precision import field_error
-from bitjax.models.transformer import (TransformerBlock, TransformerConfig, apply_layers,
+from bitjax.models.transformer import (TransformerConfig, apply_layers, make_layers,
                                        positions_like, zero_padding)
 from bitjax.nn import Embed, make_norm
 
@@ -54,11 +54,10 @@ class EncoderDecoder(nnx.Module):
   def __init__(self, cfg: EncDecConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
-    self.encoder_layers = nnx.List([TransformerBlock(cfg, causal=False, rngs=rngs)
-                                    for _ in range(cfg.num_layers)])
+    self.encoder_layers = make_layers(cfg, cfg.num_layers, causal=False, rngs=rngs)
     self.encoder_norm = make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps, rngs=rngs)
-    self.decoder_layers = nnx.List([TransformerBlock(cfg, cross_attention=True, rngs=rngs)
-                                    for _ in range(cfg.decoder_layers)])
+    self.decoder_layers = make_layers(cfg, cfg.decoder_layers, cross_attention=True,
+                                      rngs=rngs)
     self.decoder_norm = make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps, rngs=rngs)
 
   def input_mask(self, inputs: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitjax.models.precision import field_error
-from bitjax.models.transformer import (TransformerBlock, TransformerConfig, apply_layers,
+from bitjax.models.transformer import (TransformerConfig, apply_layers, make_layers,
                                        positions_like, zero_padding)
 from bitjax.nn import BitDense, Embed, make_norm
 
@@ -53,8 +53,7 @@ class Encoder(nnx.Module):
   def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
-    self.layers = nnx.List([TransformerBlock(cfg, causal=False, rngs=rngs)
-                            for _ in range(cfg.num_layers)])
+    self.layers = make_layers(cfg, cfg.num_layers, causal=False, rngs=rngs)
     self.final_norm = make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps, rngs=rngs)
     self.classifier = BitDense(
         cfg.hidden_size, cfg.num_classes, norm=None, dtype=cfg.dtype,

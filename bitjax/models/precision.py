@@ -10,6 +10,7 @@ once; a model turns `cfg.spec` into BitDense layers the same way everywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,12 +105,13 @@ def quantized_kernels(model: nnx.Module) -> dict[str, jax.Array]:
 
 def weight_memory_bits(model: nnx.Module) -> float:
   """Bits to store the weights: quantized kernels at their preset's bits per weight
-  (log2(3) for ternary, 1 for sign) plus a float32 scale each; everything else at 16."""
+  (log2(3) for ternary, 1 for sign) plus a float32 scale per matrix (per layer when the
+  blocks are stacked for a scan); everything else at 16."""
   quantized = {id(m.kernel): m.spec.weight_bits
                for _, m in nnx.iter_modules(model)
                if isinstance(m, BitDense) and m.spec.weight != "none"}
   bits = 0.0
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    size = var[...].size
-    bits += size * quantized[id(var)] + 32 if id(var) in quantized else 16 * size
+    size, matrices = var[...].size, math.prod(var.shape[:-2])
+    bits += size * quantized[id(var)] + 32 * matrices if id(var) in quantized else 16 * size
   return bits

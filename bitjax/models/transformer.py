@@ -37,6 +37,9 @@ class TransformerConfig(ModelConfig):
   mlp_type: str = "swiglu"
   rope_theta: float = 10000.0
   remat: bool = False
+  # Store the blocks stacked on a leading `layers` axis and run them with a scan: the step
+  # compiles one block instead of num_layers (MaxText's scan_layers).
+  scan_layers: bool = False
 
   def __post_init__(self):
     check_positive_ints(self, "vocab_size", "hidden_size", "num_layers", "num_heads",
@@ -124,6 +127,20 @@ class TransformerBlock(nnx.Module):
     return x if mask is None else zero_padding(x, mask)
 
 
+def make_layers(cfg: TransformerConfig, num_layers: int, *, rngs: nnx.Rngs, **block_kwargs):
+  """`num_layers` TransformerBlocks: an nnx.List, or with `cfg.scan_layers` one block
+  whose parameters carry a leading `layers` axis (logical name `layers`)."""
+  if not cfg.scan_layers:
+    return nnx.List([TransformerBlock(cfg, rngs=rngs, **block_kwargs) for _ in range(num_layers)])
+
+  @nnx.split_rngs(splits=num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def stacked(rngs):
+    return TransformerBlock(cfg, rngs=rngs, **block_kwargs)
+
+  return stacked(rngs)
+
+
 def zero_padding(x: jax.Array, mask: jax.Array) -> jax.Array:
   """x [batch, seq, features] with the rows where mask [batch, seq] is False set to 0."""
   return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
@@ -131,18 +148,51 @@ def zero_padding(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 def apply_layers(layers, x: jax.Array, positions: jax.Array, *, remat: bool,
                  **kwargs) -> jax.Array:
-  """Runs the blocks in order, each rematerialised in the backward pass if `remat`.
+  """Runs the blocks of `make_layers` in order (a loop over a list, a scan over a stacked
+  block), each rematerialised in the backward pass if `remat`.
 
   The hidden states entering and leaving every block are pinned to their logical
   sharding [batch, length, embed] (a no-op without a mesh).
   """
-  x = with_logical_constraint(x, HIDDEN_AXES)
-  # Keyword arguments are bound here: nnx.remat passes only positional ones.
+  # Keyword arguments are bound here: nnx.remat and nnx.scan pass only positional ones.
   call = lambda layer, x, positions: type(layer).__call__(layer, x, positions, **kwargs)
   block = nnx.remat(call) if remat else call
+  step = lambda layer, x, positions: with_logical_constraint(block(layer, x, positions),
+                                                             HIDDEN_AXES)
+  x = with_logical_constraint(x, HIDDEN_AXES)
+  if isinstance(layers, TransformerBlock):
+    # The body sees one layer's slice, with `layers` dropped from its axis names.
+    scan = nnx.scan(step, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry,
+                    transform_metadata={nnx.PARTITION_NAME: "layers"})
+    return scan(layers, x, positions)
   for layer in layers:
-    x = with_logical_constraint(block(layer, x, positions), HIDDEN_AXES)
+    x = step(layer, x, positions)
   return x
+
+
+def convert_layers(model: nnx.Module, *, scan: bool) -> nnx.Module:
+  """A copy of a Transformer `model` with the same weights, its blocks stored stacked for a
+  scan (`scan=True`) or as a list; e.g. to pack a scanned model for inference or to move
+  a checkpoint between the two layouts."""
+  if model.cfg.scan_layers == scan:
+    return nnx.clone(model)
+  cfg = dataclasses.replace(model.cfg, scan_layers=scan)
+  target = nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(0)))
+  stacks = {name for name, child in vars(model).items()
+            if isinstance(child, (TransformerBlock, nnx.List))}
+  source = dict(nnx.to_flat_state(nnx.state(model)))
+
+  def value(path):
+    if path[0] not in stacks:
+      return source[path][...]
+    if scan:  # (stack, *rest) <- [(stack, 0, *rest), (stack, 1, *rest), ...]
+      count = len(getattr(model, path[0]))
+      return jnp.stack([source[(path[0], i, *path[1:])][...] for i in range(count)])
+    return source[(path[0], *path[2:])][...][path[1]]  # (stack, i, *rest) <- (stack, *rest)[i]
+
+  flat = [(path, var.replace(value(path))) for path, var in nnx.to_flat_state(nnx.state(target))]
+  nnx.update(target, nnx.from_flat_state(flat))
+  return target
 
 
 def positions_like(tokens: jax.Array) -> jax.Array:

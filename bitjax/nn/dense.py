@@ -46,8 +46,12 @@ class BitDense(nnx.Module):
                                param_dtype) if use_bias else None)
 
   def quantized_kernel(self) -> jax.Array:
-    """The weights the forward pass uses (`codes * scale`), in the compute dtype."""
-    return weight_quant(self.kernel[...], self.spec.weight).astype(self.dtype)
+    """The weights the forward pass uses (`codes * scale`), in the compute dtype; a
+    stacked kernel (scanned blocks, [layers, in, out]) is quantized layer by layer."""
+    quantize = lambda kernel: weight_quant(kernel, self.spec.weight)
+    for _ in range(self.kernel.ndim - 2):
+      quantize = jax.vmap(quantize)
+    return quantize(self.kernel[...]).astype(self.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm is not None:

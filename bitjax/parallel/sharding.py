@@ -1,7 +1,7 @@
 """Meshes over (data, fsdp, tensor) and the logical-axis rules table (MaxText style).
 
 Layers name their parameters' axes (`vocab`, `embed`, `heads`, `kv_heads`, `mlp`,
-`norm`) and models name their activations' axes (`batch`, `length`, `embed`,
+`norm`, and `layers` for stacked blocks) and models name their activations' axes (`batch`, `length`, `embed`,
 `vocab`); this module alone decides which mesh axis each name is split over.
 """
 
@@ -32,6 +32,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("norm", None),
+    ("layers", None),  # the stacked blocks of config.model.scan_layers
 )
 
 

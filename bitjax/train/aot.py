@@ -40,6 +40,7 @@ class CompileReport:
   batch_size: int
   seq_len: int
   remat: bool
+  scan_layers: bool
   memory: CompiledMemory  # per chip; estimated from the compiler's error if it ran out
   hbm: int | None  # per chip
   out_of_memory: OutOfMemory | None  # the compiler refused: more than the HBM needed
@@ -104,7 +105,7 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
       mesh=dict(mesh.shape), precision=model_cfg.precision,
       compute_dtype=jnp.dtype(model_cfg.dtype).name, params=params,
       batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, remat=model_cfg.remat,
-      memory=memory, hbm=chip_hbm_bytes(device_kind), out_of_memory=oom, compiled_flops=flops,
+      scan_layers=model_cfg.scan_layers, memory=memory, hbm=chip_hbm_bytes(device_kind), out_of_memory=oom, compiled_flops=flops,
       analytic_flops=float(train_flops_per_token(model_cfg, tcfg.seq_len)
                            * tcfg.batch_size * tcfg.seq_len))
 
@@ -152,7 +153,8 @@ def format_report(report: CompileReport) -> str:
       "mesh: " + " x ".join(f"{axis} {size}" for axis, size in report.mesh.items())
       + f"; batch {report.batch_size} x {report.seq_len} tokens",
       f"model: {report.params / 1e6:,.1f}M parameters, {report.precision}, compute "
-      f"{report.compute_dtype}, remat {'on' if report.remat else 'off'}; parameters + Adam "
+      f"{report.compute_dtype}, remat {'on' if report.remat else 'off'}, blocks "
+      f"{'scanned' if report.scan_layers else 'unrolled'}; parameters + Adam "
       f"moments (float32) need at least {report.state_lower_bound / GIB:.2f} GiB per chip",
       "",
       f"memory per chip ({source}):",
@@ -168,9 +170,11 @@ def format_report(report: CompileReport) -> str:
       "attention, per token x tokens)",
   ]
   if report.compiled_flops is not None:
+    loops = ("the scan over blocks and FSDP's windowed matmuls" if report.scan_layers else
+             "FSDP's windowed matmuls")
     lines.append(f"                {report.compiled_flops * chips:.3e} compiled (XLA's cost "
-                 f"model per chip x {chips} chips; it counts a loop body once, so FSDP's "
-                 "windowed matmuls make it low; MFU uses the analytic count)")
+                 f"model per chip x {chips} chips; it counts a loop body once, so {loops} "
+                 "make it low; MFU uses the analytic count)")
   peak = peak_tflops(report.device_kind)
   if peak:
     ideal = report.analytic_flops / (chips * peak * 1e12)

@@ -68,11 +68,12 @@ COLUMNS = ("batch", "precision", "step ms", "tokens/s", "TFLOP/s", "MFU", "b1.58
 BREAKDOWN_COLUMNS = ("fwd ms", "fwd+bwd ms", "optim ms")
 
 
-def model_config(size: str, precision: str, remat: bool) -> DecoderConfig:
+def model_config(size: str, precision: str, remat: bool, scan_layers: bool) -> DecoderConfig:
   hidden, glu, heads, layers, vocab, _ = SIZES[size]
   return DecoderConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
                        num_heads=heads, mlp_hidden_size=glu, tie_embeddings=False,
-                       precision=precision, compute_dtype="bfloat16", remat=remat)
+                       precision=precision, compute_dtype="bfloat16", remat=remat,
+                       scan_layers=scan_layers)
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -199,7 +200,7 @@ def run(args) -> list[dict]:
   for batch_size in args.batch_sizes:
     bf16_ms = None
     for precision in args.precisions:
-      cfg = model_config(args.size, precision, args.remat)
+      cfg = model_config(args.size, precision, args.remat, args.scan_layers)
       row = {"batch": batch_size, "precision": precision}
       try:
         measured = time_step(cfg, batch_size, seq_len, args.warmup, args.steps,
@@ -253,6 +254,7 @@ def format_table(args, rows: list[dict]) -> str:
   header = [
       f"train step, {args.size}: hidden {hidden}, GLU {glu}, {heads} heads, {layers} layers, "
       f"vocab {vocab}, sequence {seq_len}; remat {'on' if args.remat else 'off'}; "
+      f"blocks {'scanned' if args.scan_layers else 'unrolled'}; "
       f"AdamW; bf16 compute",
       f"device: {device.device_kind} ({jax.device_count()} visible, 1 used), jax "
       f"{jax.__version__}, peak {peak or 'unknown'} TFLOP/s; median of {args.steps} steps "
@@ -270,6 +272,8 @@ def parse_args(argv=None):
                       type=lambda text: [int(x) for x in text.split(",")])
   parser.add_argument("--precisions", default="bf16,b1.58", type=lambda text: text.split(","))
   parser.add_argument("--remat", action="store_true", help="rematerialise every block")
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="stack the blocks and run them with a scan (config.model.scan_layers)")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
   parser.add_argument("--breakdown", action="store_true",
