@@ -1,8 +1,9 @@
 """Meshes over (data, fsdp, tensor) and the logical-axis rules table (MaxText style).
 
 Layers name their parameters' axes (`vocab`, `embed`, `heads`, `kv_heads`, `mlp`,
-`norm`, and `layers` for stacked blocks) and models name their activations' axes (`batch`, `length`, `embed`,
-`vocab`); this module alone decides which mesh axis each name is split over.
+`norm`, and `layers` for stacked blocks) and models name their activations' axes
+(`batch`, `length`, `embed`, `vocab`); this module alone decides which mesh axis each
+name is split over.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
       mesh=dict(mesh.shape), precision=model_cfg.precision,
       compute_dtype=jnp.dtype(model_cfg.dtype).name, params=params,
       batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, remat=model_cfg.remat,
-      scan_layers=model_cfg.scan_layers, memory=memory, hbm=chip_hbm_bytes(device_kind), out_of_memory=oom, compiled_flops=flops,
+      scan_layers=model_cfg.scan_layers, memory=memory, hbm=chip_hbm_bytes(device_kind),
+      out_of_memory=oom, compiled_flops=flops,
       analytic_flops=float(train_flops_per_token(model_cfg, tcfg.seq_len)
                            * tcfg.batch_size * tcfg.seq_len))
 
