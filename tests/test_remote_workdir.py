@@ -105,7 +105,7 @@ class FakeGCS(fsspec.AbstractFileSystem):
 
   def _open(self, path, mode="rb", **kwargs):
     path = self._strip_protocol(path)
-    if "a" in mode or "+" in mode:
+    if "a" in mode or "+" in mode:  # gcsfs refuses these too, with this exception type
       raise NotImplementedError(f"object stores cannot open {path} with mode {mode!r}")
     if "r" in mode:
       if path not in self.objects:
