@@ -105,7 +105,9 @@ class FakeGCS(fsspec.AbstractFileSystem):
 
   def _open(self, path, mode="rb", **kwargs):
     path = self._strip_protocol(path)
-    if "a" in mode or "+" in mode:  # gcsfs refuses these too, with this exception type
+    # No append or update in place: an attempt must fail loudly, as fsspec signals a mode
+    # its files do not support (NotImplementedError).
+    if "a" in mode or "+" in mode:
       raise NotImplementedError(f"object stores cannot open {path} with mode {mode!r}")
     if "r" in mode:
       if path not in self.objects:
