@@ -2,6 +2,7 @@
 
   python -m bitjax train   --config configs/lm.py:tiny,precision=b1.58 --workdir runs/t
   python -m bitjax compare --config configs/lm.py:tiny --precisions bf16,b1.58 --workdir runs/c
+                           (a sweep of one run per precision: `plot --workdir runs/c` reads it)
   python -m bitjax sweep   --config configs/sweeps/lm_scaling.py:cpu --workdir runs/scaling
                            [--task_index=i --num_tasks=n]
   python -m bitjax plot    --workdir runs/scaling
@@ -90,7 +91,6 @@ def _compile():
 
 
 def _run_command(command):
-  from bitjax.sweep import report
   from bitjax.sweep.compare import compare_precisions, format_comparison
 
   if command == "train":
@@ -98,14 +98,14 @@ def _run_command(command):
     print(format_comparison([train_and_evaluate(FLAGS.config, FLAGS.workdir)]))
   elif command == "compare":
     config_flag = FLAGS["config"]
-    summaries = compare_precisions(config_flags.get_config_filename(config_flag), FLAGS.workdir,
-                                   FLAGS.precisions, config_flags.get_override_values(config_flag))
-    print(format_comparison(summaries))
-  elif command == "sweep":
-    from bitjax.sweep.runner import run_sweep
-    run_sweep(FLAGS.config, FLAGS.workdir, FLAGS.task_index, FLAGS.num_tasks)
-    print(report.analyze(FLAGS.workdir))
+    rows = compare_precisions(config_flags.get_config_filename(config_flag), FLAGS.workdir,
+                              FLAGS.precisions, config_flags.get_override_values(config_flag))
+    print(format_comparison(rows))
   else:
+    from bitjax.sweep import report
+    if command == "sweep":
+      from bitjax.sweep.runner import run_sweep
+      run_sweep(FLAGS.config, FLAGS.workdir, FLAGS.task_index, FLAGS.num_tasks)
     print(report.analyze(FLAGS.workdir))
 
 

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from bitjax.sweep.fit import summarize
+from bitjax.sweep.scaling import summarize
 from bitjax.sweep.plots import CURVES_FIGSIZE, DPI, FIGSIZE, plot_scaling, plot_training_curves
 
 LAWS = {"bf16": (3.0, 0.5, 16.0), "b1.58": (3.9, 0.5, math.log2(3)), "1bit": (5.0, 0.45, 1.0)}
@@ -20,7 +20,7 @@ def make_rows(rng, sizes=4, seeds=2):
     for i, n in enumerate(np.geomspace(1e6, 1e8, sizes)[:2 if precision == "1bit" else None]):
       for seed in range(seeds):
         loss = (r0 * (n / 1e6) ** -alpha + 0.7) * math.exp(rng.normal(0, 0.01))
-        rows.append(dict(name=f"s{i}-{precision}-{seed}", precision=precision, size=f"s{i}",
+        rows.append(dict(name=f"s{i}-{precision}-{seed}", precision=precision, group=f"s{i}",
                          seed=seed, params=n + 2**14, non_embedding_params=n, tokens=1e9,
                          train_flops=6e9 * n, eval_loss=loss, eval_perplexity=math.exp(loss),
                          eval_bits_per_byte=loss / math.log(2),

@@ -117,7 +117,7 @@ def test_killed_sweep_reruns_only_what_is_missing(tmp_path, monkeypatch):
   assert "nano-1bit" in text and "results.csv" in text
   for name in ("scaling_params", "scaling_flops", "scaling_memory", "training_curves"):
     for ext in ("png", "svg"):
-      assert os.path.getsize(os.path.join(workdir, report.PLOTS_DIR, f"{name}.{ext}")) > 1000
+      assert os.path.getsize(os.path.join(workdir, runner.PLOTS_DIR, f"{name}.{ext}")) > 1000
 
 
 def test_collect_results_needs_finished_runs(tmp_path):

@@ -122,7 +122,7 @@ def _scaling_figure(rows, summary, x_key, fit_key, title, xlabel, name, out_dir)
 def plot_scaling(rows, summary: dict, out_dir: str) -> list[str]:
   """Loss against non-embedding parameters, training FLOPs and weight memory, per precision.
 
-  `summary` is bitjax.sweep.fit.summarize(rows): its seed means and spreads give the points
+  `summary` is bitjax.sweep.scaling.summarize(rows): its seed means and spreads give the points
   and error bars, its fits the dashed curves (alpha and its 95% interval in the legend);
   `rows` add every single run as a faint dot. Returns the PNG and SVG paths.
   """
@@ -172,7 +172,7 @@ def _run_labels(names, rows) -> dict[str, tuple[str, str, float]]:
   for order, name in enumerate(sorted(names)):
     if name in by_name:
       row = by_name[name]
-      labels[name] = (str(row["precision"]), f"{row['precision']} {row['size']}",
+      labels[name] = (str(row["precision"]), f"{row['precision']} {row['group']}",
                       float(row["non_embedding_params"]))
     else:
       known = [p for p in STYLES if p in name]
@@ -192,7 +192,7 @@ def plot_training_curves(curves: dict[str, list[dict]], out_dir: str, rows=None)
 
   `curves` maps run names to their metrics.jsonl records. Colour is the precision; within
   a precision, smaller sizes are lighter. `rows` (the sweep's rows) name each run's precision
-  and size; without them they are guessed from the run names. Seeds of one size share a
+  and group; without them they are guessed from the run names. Seeds of one group share a
   legend entry. Returns the PNG and SVG paths.
   """
   if not curves:
@@ -236,7 +236,7 @@ def precision_order(precisions) -> list[str]:
 
 def plot_task_comparison(cells: list[dict], out_dir: str) -> list[str]:
   """One panel per task, a group of bars per setting, one bar per precision: the mean
-  over seeds with the standard deviation as error bar (cells from report.seed_cells)."""
+  over seeds with the standard deviation as error bar (cells from seed_table.seed_cells)."""
   tasks = list(dict.fromkeys(c["task"] for c in cells))
   precisions = precision_order(c["precision"] for c in cells)
   styles = _styles(precisions)

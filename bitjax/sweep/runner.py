@@ -14,11 +14,12 @@ import io
 import json
 import os
 
-from bitjax.sweep.spec import Run, load_sweep
+from bitjax.sweep.spec import Run, check_unique, load_sweep, run_group
 from bitjax.train import files
 
 RESULT_FILE = "result.json"
 RESULTS_CSV = "results.csv"
+PLOTS_DIR = "plots"
 
 
 def task_share(runs: list[Run], task_index: int, num_tasks: int) -> list[Run]:
@@ -29,17 +30,24 @@ def task_share(runs: list[Run], task_index: int, num_tasks: int) -> list[Run]:
 
 
 def _read_result(path: str) -> dict:
-  return json.loads(files.read_text(path))
+  """A result row; rows written before they carried `group` get it from their labels."""
+  row = json.loads(files.read_text(path))
+  if "group" not in row:
+    row["group"] = run_group(row["labels"], row.get("overrides", {}))
+  return row
 
 
 def train_run(run: Run, config, workdir: str) -> dict:
-  """Train `run` with its loaded `config` in workdir/run.name; writes and returns its row."""
+  """Train `run` with its loaded `config` in workdir/run.name; writes and returns its row:
+  the labels, the run summary (with its task's `analysis`), the run's `group`, and how
+  it was configured."""
   from bitjax.train import train_and_evaluate
 
   run_dir = os.path.join(workdir, run.name)
   summary = train_and_evaluate(config, run_dir)
-  result = {"name": run.name, **run.labels, **summary, "config_spec": run.config,
-            "overrides": run.overrides, "labels": run.labels, "config": config.to_dict()}
+  result = {"name": run.name, **run.labels, **summary, "group": run.group,
+            "config_spec": run.config, "overrides": run.overrides, "labels": run.labels,
+            "config": config.to_dict()}
   # Whole or absent, never partial: locally a temporary file and os.replace; in an object
   # store one upload, which becomes visible only when complete (files.write_atomic). Either
   # way result.json appears only after the run's summary.json was written.
@@ -50,14 +58,19 @@ def train_run(run: Run, config, workdir: str) -> dict:
 
 def run_sweep(sweep_spec: str, workdir: str, task_index: int = 0, num_tasks: int = 1,
               log=print) -> list[dict]:
-  """Train this task's share of the sweep; returns its result rows in sweep order.
+  """Train this task's share of the sweep; returns its result rows in sweep order."""
+  return run_runs(task_share(load_sweep(sweep_spec), task_index, num_tasks), workdir, log)
+
+
+def run_runs(share: list[Run], workdir: str, log=print) -> list[dict]:
+  """Train `share`, each run in workdir/run.name; returns the result rows in order.
 
   Finished runs are read back; the configs of the others are all loaded and checked
   before the first one trains.
   """
   from bitjax.train.config import load_config, validate_config
 
-  share = task_share(load_sweep(sweep_spec), task_index, num_tasks)
+  check_unique(share)
   result_path = lambda run: os.path.join(workdir, run.name, RESULT_FILE)
   pending = {run.name: load_config(run.config, run.overrides)
              for run in share if not files.exists(result_path(run))}

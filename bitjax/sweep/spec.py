@@ -21,6 +21,15 @@ class Run:
   overrides: dict
   labels: dict
 
+  @property
+  def group(self) -> str:
+    return run_group(self.labels, self.overrides)
+
+
+# Labels the result rows carry as fields of their own (precision, seed, steps and so tokens);
+# the others say what was trained, the group an analysis compares precisions within.
+NOT_GROUP_LABELS = ("precision", "seed", "steps")
+
 
 def product(**axes) -> list[dict]:
   """Every combination of the axes' values (the first axis varies slowest)."""
@@ -41,6 +50,22 @@ def _slug(value) -> str:
   return re.sub(r"[^A-Za-z0-9.=_]+", "_", str(value))
 
 
+def _join(args: dict, override_labels: dict) -> str:
+  """Run names and groups: the config-file argument values, then `leaf=value` per override."""
+  return "-".join([*(_slug(v) for v in args.values()),
+                   *(f"{k}={_slug(v)}" for k, v in override_labels.items())])
+
+
+def run_group(labels: dict, overrides: dict) -> str:
+  """A run's group: its labels other than NOT_GROUP_LABELS, joined as its name joins them
+  (so `nano-bf16-seed=0` is in group `nano`). `overrides` tell which labels came from
+  dotted overrides; rows of older versions get their group from their labels this way."""
+  leaves = {key.rsplit(".", 1)[-1] for key in overrides}
+  kept = {k: v for k, v in labels.items() if k not in NOT_GROUP_LABELS}
+  return _join({k: v for k, v in kept.items() if k not in leaves},
+               {k: v for k, v in kept.items() if k in leaves})
+
+
 def make_runs(config_file: str, items: list[dict], shared: dict | None = None) -> list[Run]:
   """Runs from dicts mixing config-file arguments (plain keys, e.g. size, precision)
   and dotted overrides (e.g. "train.seed"). The name joins the plain values, then
@@ -51,9 +76,9 @@ def make_runs(config_file: str, items: list[dict], shared: dict | None = None) -
     args = {k: v for k, v in item.items() if "." not in k}
     overrides = {k: v for k, v in item.items() if "." in k}
     arg = ",".join(f"{k}={v}" for k, v in args.items())
-    name = "-".join([*(_slug(v) for v in args.values()),
-                     *(f"{k.rsplit('.', 1)[-1]}={_slug(v)}" for k, v in overrides.items())])
-    labels = {**args, **{k.rsplit(".", 1)[-1]: v for k, v in overrides.items()}}
+    override_labels = {k.rsplit(".", 1)[-1]: v for k, v in overrides.items()}
+    name = _join(args, override_labels)
+    labels = {**args, **override_labels}
     runs.append(Run(name, f"{config_file}:{arg}" if arg else config_file,
                     {**(shared or {}), **overrides}, labels))
   return runs
