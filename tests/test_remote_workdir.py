@@ -319,12 +319,17 @@ def test_sweep_train_resume_report_and_plots_in_a_gcs_workdir(gcs, tmp_path, mon
   assert f"{workdir}/plots/training_curves.png" in text
 
 
-def test_compare_passes_url_workdirs_through(monkeypatch):
+def test_compare_passes_url_workdirs_through(gcs, monkeypatch):
   import bitjax.train as train_lib
   from bitjax.sweep.compare import compare_precisions
 
   seen = []
-  monkeypatch.setattr(train_lib, "train_and_evaluate", lambda config, workdir: seen.append(
-      (config.model.precision, workdir)))
-  compare_precisions(f"{LM_CONFIG}:nano", "gs://bkt/cmp", ["bf16", "b1.58"])
+
+  def train(config, workdir):
+    seen.append((config.model.precision, workdir))
+    return {"precision": config.model.precision}
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", train)
+  compare_precisions(f"{LM_CONFIG}:nano", "gs://bkt/cmp", ["bf16", "b1.58"], log=lambda line: None)
   assert seen == [("bf16", "gs://bkt/cmp/bf16"), ("b1.58", "gs://bkt/cmp/b1.58")]
+  assert json.loads(gcs.objects["bkt/cmp/b1.58/result.json"])["group"] == "nano"

@@ -7,6 +7,7 @@ import pytest
 
 from bitjax.sweep import report, runner
 from bitjax.sweep.spec import Run, check_unique, load_sweep, make_runs, product, zipped
+from bitjax.sweep.table import Column, format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM_CONFIG = os.path.join(ROOT, "configs", "lm.py")
@@ -123,3 +124,79 @@ def test_killed_sweep_reruns_only_what_is_missing(tmp_path, monkeypatch):
 def test_collect_results_needs_finished_runs(tmp_path):
   with pytest.raises(ValueError, match="no finished runs"):
     runner.collect_results(str(tmp_path))
+
+
+def test_groups_are_the_labels_but_precision_seed_and_steps():
+  assert [r.group for r in load_sweep(f"{SWEEPS}:cpu")] == [
+      g for g in ("nano", "micro", "tiny") for _ in range(2)]
+  # The token-budget axis stays out of the group: sizes are compared across budgets.
+  assert {r.group for r in load_sweep(f"{SWEEPS}:cpu_chinchilla")} == {
+      "nano", "micro", "tiny", "mini"}
+  small = load_sweep(os.path.join(ROOT, "configs", "sweeps", "small_models.py:all,seeds=1"))
+  assert {r.name: r.group for r in small}["csbm-sgc-1bit-seed=0"] == "csbm-sgc"
+  runs = make_runs("c.py", product(width=[64], precision=["bf16"],
+                                   **{"model.depth": [2], "train.seed": [0]}))
+  assert (runs[0].name, runs[0].group) == ("64-bf16-depth=2-seed=0", "64-depth=2")
+
+
+def write_result(workdir, name, **row):
+  os.makedirs(os.path.join(workdir, name))
+  with open(os.path.join(workdir, name, runner.RESULT_FILE), "w") as f:
+    json.dump({"name": name, **row}, f)
+
+
+def test_rows_of_the_previous_version_get_their_group_from_labels(tmp_path):
+  """result.json written before rows carried `group` (the main job's and a token sweep's)."""
+  write_result(tmp_path, "nano-bf16-seed=0", size="nano", precision="bf16", seed=0,
+               labels={"size": "nano", "precision": "bf16", "seed": 0},
+               overrides={"train.seq_len": 128, "train.seed": 0})
+  write_result(tmp_path, "tiny-b1.58-seed=1-steps=40", labels={
+      "size": "tiny", "precision": "b1.58", "seed": 1, "steps": 40},
+      overrides={"train.seed": 1, "train.steps": 40})
+  write_result(tmp_path, "x", group="given", labels={"size": "other"}, overrides={})
+  assert [r["group"] for r in runner.collect_results(str(tmp_path))] == ["nano", "tiny", "given"]
+
+
+@pytest.mark.parametrize("row, analysis", [
+    ({"task": "lm"}, "scaling"),
+    ({}, "scaling"),  # rows from before tasks were recorded
+    ({"task": "classify_tabular"}, "seed_table"),
+    ({"task": "lm", "analysis": "seed_table"}, "seed_table"),  # the row's own word wins
+])
+def test_analysis_of_a_row_and_the_fallback_for_old_rows(row, analysis):
+  assert report.analysis_of(row) == analysis
+
+
+def test_report_dispatches_each_analysis_its_rows(tmp_path, monkeypatch):
+  calls = []
+
+  def echo(rows, workdir):
+    calls.append(sorted(r["name"] for r in rows))
+    return f"echo of {len(rows)} runs", [os.path.join(workdir, "plots", "echo.png")]
+
+  monkeypatch.setitem(report.ANALYSES, "echo", echo)
+  for name in ("b", "a"):
+    write_result(tmp_path, name, analysis="echo", labels={}, eval_loss=1.0)
+  text = report.analyze(str(tmp_path))
+  assert calls == [["a", "b"]]
+  assert text == (f"echo of 2 runs\n\nresults: {tmp_path}/results.csv\n"
+                  f"plots: {tmp_path}/plots/echo.png")
+  write_result(tmp_path, "c", analysis="histogram", labels={})
+  with pytest.raises(ValueError, match=r"run 'c' has analysis='histogram'; it must be one of "
+                                       r"\['scaling', 'seed_table', 'echo'\]"):
+    report.analyze(str(tmp_path))
+
+
+def test_one_table_formatter_for_text_and_markdown():
+  columns = [Column("name", "<6", lambda r: r["name"]),
+             Column("loss", ">8", lambda r: f"{r['loss']:.2f}")]
+  rows = [{"name": "a", "loss": 1.234}, {"name": "longer", "loss": 10.0}]
+  assert format_table(columns, rows) == (
+      "name      loss\n"
+      "--------------\n"
+      "a         1.23\n"
+      "longer   10.00")
+  assert format_table(columns, rows, indent="  ").splitlines()[:2] == [
+      "  name      loss", "  --------------"]
+  assert format_table(columns, rows, markdown=True) == (
+      "| name | loss |\n|---|---|\n| a | 1.23 |\n| longer | 10.00 |")

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bitjax.sweep import report
+from bitjax.sweep import seed_table
 from bitjax.sweep.compare import format_comparison
 from bitjax.sweep.spec import load_sweep
 from bitjax.train import train_and_evaluate
@@ -168,16 +168,18 @@ def test_seed_cells_table_and_plot(tmp_path):
   for precision, base in (("bf16", 0.8), ("b1.58", 0.7)):
     for seed in range(3):
       rows.append({"task": "node_classification", "metric": "accuracy", "precision": precision,
+                   "group": "csbm", "steps": 10,
                    "labels": {"dataset": "csbm", "precision": precision, "seed": seed},
                    "eval_accuracy": base + 0.01 * seed, "params": 100,
                    "weight_memory_bits": 1600})
   rows.append({"task": "mlm", "metric": "loss", "precision": "bf16", "params": 5,
+               "group": "64", "steps": 10,
                "labels": {"hidden": 64, "precision": "bf16", "seed": 0}, "eval_loss": 2.5,
                "weight_memory_bits": 80})
-  cells = report.seed_cells(rows)
+  cells = seed_table.seed_cells(rows)
   assert [(c["precision"], c["seeds"]) for c in cells] == [("bf16", 3), ("b1.58", 3), ("bf16", 1)]
   assert cells[0]["mean"] == pytest.approx(0.81) and cells[0]["std"] == pytest.approx(0.01)
-  table = report.format_cells(cells)
+  table = seed_table.format_cells(cells)
   assert "| node_classification | dataset=csbm | accuracy % | 81.00 ± 1.00 | 71.00 ± 1.00 |" \
       in table
   assert "| mlm | hidden=64 | loss | 2.50 ± nan |" in table

@@ -228,14 +228,20 @@ def test_compare_trains_each_precision_once_and_tabulates(data_dir, tmp_path):
   overrides = {"data.data_dir": str(data_dir), "train.seq_len": 32, "train.batch_size": 4,
                "train.steps": 6, "train.eval_every": 6, "train.eval_batches": 1,
                "train.checkpoint_every": 6, "train.progress_bar": False}
-  summaries = compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path), ["bf16", "1bit"], overrides)
-  assert [s["precision"] for s in summaries] == ["bf16", "1bit"]
+  rows = compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path), ["bf16", "1bit"], overrides)
+  assert [r["precision"] for r in rows] == ["bf16", "1bit"]
   assert sorted(os.listdir(tmp_path)) == ["1bit", "bf16"]
   # The precision goes through the config file's argument, so each run has its own.
   configs = [json.load(open(tmp_path / p / "config.json")) for p in ("bf16", "1bit")]
   assert [c["model"]["precision"] for c in configs] == ["bf16", "1bit"]
-  table = format_comparison(summaries)
+  table = format_comparison(rows)
   assert "1bit / bf16 perplexity ratio" in table and "sha256" in table
+  # A sweep like any other: result.json per run, read back, and `plot` reads the workdir.
+  assert compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path), ["bf16", "1bit"], overrides,
+                            log=lambda line: None) == rows
+  assert [r["group"] for r in rows] == ["nano", "nano"]
+  from bitjax.sweep import report
+  assert "note (1bit): 1 size(s): no fit" in report.analyze(str(tmp_path))
   with pytest.raises(ValueError, match="precision='b9'"):
     compare_precisions(f"{LM_CONFIG}:nano", str(tmp_path / "bad"), ["bf16", "b9"], overrides)
   assert not (tmp_path / "bad" / "bf16").exists()  # nothing trained before the refusal

@@ -57,10 +57,11 @@ def format_cells(cells: list[dict]) -> str:
     row = {c["precision"]: c for c in cells if (c["task"], c["setting"]) == (task, setting)}
     first = row[next(p for p in precisions if p in row)]
     scale = 100.0 if first["metric"] == "accuracy" else 1.0
+    seeds = "/".join(sorted({str(c["seeds"]) for c in row.values()}))
     lines.append([task, setting, "accuracy %" if scale == 100.0 else first["metric"],
                   *(f"{row[p]['mean'] * scale:.2f} ± {row[p]['std'] * scale:.2f}"
                     if p in row else "" for p in precisions),
-                  f"{first['params']:,}", "/".join(sorted({str(c["seeds"]) for c in row.values()}))])
+                  f"{first['params']:,}", seeds])
   headers = ("task", "setting", "metric", *precisions, "params", "seeds")
   return format_table([Column(h, "", itemgetter(i)) for i, h in enumerate(headers)], lines,
                       markdown=True)

@@ -14,7 +14,7 @@ import re
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training run: `config` is "file.py:arg", `overrides` dotted fields, `name` its
-  sub-workdir; `labels` (size, precision, seed, ...) go into its result row."""
+  sub-workdir; `labels` (size, precision, seed, ...) and `group` go into its result row."""
 
   name: str
   config: str
