@@ -74,6 +74,8 @@ def test_serve_refuses_unpackable_or_serving_layers():
                                        r"\['absmean', 'absmedian', 'sign'\]"):
     layer.serve()
   layer = BitDense(16, 8, spec=resolve_precision("1bit"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"backend='cuda' is not one of \['auto', 'xla'"):
+    layer.serve("cuda")
   layer.serve()
   with pytest.raises(ValueError, match="mode='serve'"):
     layer.serve()

@@ -164,6 +164,8 @@ def test_records_give_bits_packing_and_the_learning_rate_recipe():
     (lambda: quant.register_activation_quantizer(
         quant.ActivationQuantizer("token", lambda x, bits: (x, 1.0))),
      "activation quantizer name='token' is already registered"),
+    (lambda: quant.register_weight_quantizer(quant.PRECISIONS["b1.58"]),
+     "is not a WeightQuantizer"),
     (lambda: quant.WeightQuantizer("int2", None, 2.0, packing="int2"),
      "packing='int2' is not one of ['ternary']"),
     (lambda: quant.WeightQuantizer("int2", None, 2.0, lr_recipe="fast"),

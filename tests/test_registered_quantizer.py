@@ -17,8 +17,8 @@ from bitjax.infer import pack_model
 from bitjax.models import Decoder, DecoderConfig, quantized_kernels, weight_memory_bits
 from bitjax.nn import BitDense
 from bitjax.quant import (WEIGHT_QUANTIZERS, WeightQuantizer, quantize_weight,
-                          register_weight_quantizer, resolve_precision, weight_quant)
-from bitjax.quant.quantizers import ternary_around
+                          register_weight_quantizer, resolve_precision, ternary_around,
+                          weight_quant)
 from bitjax.train import train_and_evaluate
 from bitjax.train.config import load_config
 

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.kernels import pack_ternary, ternary_matmul, ternary_to_codes, unpack_ternary
+from bitjax.kernels import (BACKENDS, pack_ternary, ternary_matmul, ternary_to_codes,
+                            unpack_ternary)
 from bitjax.nn.norms import make_norm
 from bitjax.nn.params import logical_param
 from bitjax.quant import QuantSpec, activation_quant, quantize_activation, weight_quant
@@ -66,8 +67,11 @@ class BitDense(nnx.Module):
     return self.mode == "train" and self.spec.weight_quantizer.packing is not None
 
   def serve(self, backend: str = "auto") -> None:
-    """Switch to serving, in place: quantize the latent kernel once, keep its packed codes
-    and scale (with the kernel's logical axes, so they shard like it) and drop it."""
+    """Switch to serving, in place: quantize the latent kernel once, keep its codes packed
+    in the `ternary` format (the one packing there is) and its scale, both with the
+    kernel's logical axes so they shard like it, and drop the kernel."""
+    if backend not in BACKENDS:
+      raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
     if self.mode != "train":
       raise ValueError(f"mode={self.mode!r}: serve() packs a layer in mode 'train'")
     if not self.packable:

@@ -9,17 +9,19 @@ from bitjax.quant.quantizers import (
     WEIGHT_QUANTIZERS,
     ActivationQuantizer,
     WeightQuantizer,
+    absmax_quantizer,
     activation_quant,
     quantize_activation,
     quantize_weight,
     register_activation_quantizer,
     register_weight_quantizer,
+    ternary_around,
     weight_quant,
 )
 
 __all__ = [
     "ACTIVATION_BITS", "ACTIVATION_QUANTIZERS", "ActivationQuantizer", "LR_RECIPES", "PACKINGS",
-    "PRECISIONS", "QuantSpec", "WEIGHT_QUANTIZERS", "WeightQuantizer", "activation_quant",
-    "quantize_activation", "quantize_weight", "register_activation_quantizer",
-    "register_weight_quantizer", "resolve_precision", "weight_quant",
+    "PRECISIONS", "QuantSpec", "WEIGHT_QUANTIZERS", "WeightQuantizer", "absmax_quantizer",
+    "activation_quant", "quantize_activation", "quantize_weight", "register_activation_quantizer",
+    "register_weight_quantizer", "resolve_precision", "ternary_around", "weight_quant",
 ]

@@ -74,7 +74,9 @@ WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {}
 ACTIVATION_QUANTIZERS: dict[str, ActivationQuantizer] = {}
 
 
-def _register(registry: dict, kind: str, record) -> None:
+def _register(registry: dict, kind: str, record, record_type: type) -> None:
+  if not isinstance(record, record_type):
+    raise ValueError(f"record={record!r} is not a {record_type.__name__}")
   if record.name in registry:
     raise ValueError(f"{kind} quantizer name={record.name!r} is already registered; "
                      f"taken: {list(registry)}")
@@ -84,12 +86,12 @@ def _register(registry: dict, kind: str, record) -> None:
 def register_weight_quantizer(record: WeightQuantizer) -> None:
   """Make `record` available by name to presets, configs (`model.weight_quant`), layers
   and packing."""
-  _register(WEIGHT_QUANTIZERS, "weight", record)
+  _register(WEIGHT_QUANTIZERS, "weight", record, WeightQuantizer)
 
 
 def register_activation_quantizer(record: ActivationQuantizer) -> None:
   """Make `record` available by name as an activation granularity."""
-  _register(ACTIVATION_QUANTIZERS, "activation", record)
+  _register(ACTIVATION_QUANTIZERS, "activation", record, ActivationQuantizer)
 
 
 def weight_quantizer(method: str, *, name: str = "method") -> WeightQuantizer:
