@@ -1,4 +1,5 @@
-"""pack_model: packed inference gives the training-mode logits and stores 2 bits a weight."""
+"""pack_model: BitDense serving packed weights gives the training-mode logits and stores 2 bits
+a weight."""
 
 import textwrap
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bitjax.infer import PackedDense, export_packed, import_packed, pack_model
-from bitjax.models import Decoder, DecoderConfig
+from bitjax.infer import export_packed, import_packed, pack_model
+from bitjax.models import Decoder, DecoderConfig, quantized_kernels
 from bitjax.nn import BitDense
 from bitjax.quant import resolve_precision
 from multidevice import json_result, run_on_8_devices
@@ -19,6 +20,10 @@ def small_decoder(precision, seed, **overrides):
   cfg = DecoderConfig(precision=precision, vocab_size=96, hidden_size=64, num_layers=2,
                       num_heads=4, mlp_hidden_size=160, compute_dtype="float32", **overrides)
   return Decoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def serving_layers(model):
+  return [m for _, m in nnx.iter_modules(model) if isinstance(m, BitDense) and m.mode == "serve"]
 
 
 @pytest.mark.parametrize("precision,overrides", [
@@ -32,22 +37,48 @@ def test_packed_logits_match_training_mode(rng, precision, overrides, backend):
   # Float rounding differs between the paths, so deep in the model an activation code
   # can round the other way; layer by layer they agree to 1e-5 (test below).
   assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
-  layers = [m for _, m in nnx.iter_modules(packed) if isinstance(m, PackedDense)]
+  layers = serving_layers(packed)
   assert report.layers == len(layers) == 2 * 7  # q, k, v, o, gate, up, down per block
   assert not [m for _, m in nnx.iter_modules(packed) if isinstance(m, BitDense)
-              and m.spec.weight != "none"]
+              and m.mode == "train" and m.spec.weight_quantizer.quantized]
+  assert not serving_layers(model)  # the trained model still trains
 
 
 @pytest.mark.parametrize("precision,act_bits", [
     ("b1.58", None), ("b1.58-median", None), ("1bit", None), ("b1.58", 0), ("b1.58", 4)])
-def test_packed_dense_matches_bit_dense(rng, precision, act_bits):
+def test_serving_bit_dense_matches_training_mode(rng, precision, act_bits):
   spec = resolve_precision(precision, act_bits=act_bits)
   layer = BitDense(200, 48, spec=spec, rngs=nnx.Rngs(int(rng.integers(1 << 16))))
   x = jnp.asarray(rng.standard_normal((3, 5, 200)), jnp.float32)
-  want, got = np.asarray(layer(x)), np.asarray(PackedDense(layer, backend="interpret")(x))
+  served = nnx.clone(layer)
+  served.serve("interpret")
+  assert (layer.mode, served.mode) == ("train", "serve") and not hasattr(served, "kernel")
+  want, got = np.asarray(layer(x)), np.asarray(served(x))
   # int8 activations: the same integers in both paths; weight-only: the kernel reads bf16.
   tolerance = 1e-5 if act_bits != 0 else 1e-2
   assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+
+
+def test_serving_layers_use_exactly_the_training_weights(rng):
+  model = small_decoder("b1.58-median", int(rng.integers(1 << 16)))
+  packed, _ = pack_model(model, backend="xla")
+  want, got = quantized_kernels(model), quantized_kernels(packed)
+  assert sorted(got) == sorted(want) and len(got) == 2 * 7
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path])
+
+
+def test_serve_refuses_unpackable_or_serving_layers():
+  layer = BitDense(16, 8, spec=resolve_precision("bf16"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"weight_quant='none' has no packed format; packable: "
+                                       r"\['absmean', 'absmedian', 'sign'\]"):
+    layer.serve()
+  layer = BitDense(16, 8, spec=resolve_precision("1bit"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"backend='cuda' is not one of \['auto', 'xla'"):
+    layer.serve("cuda")
+  layer.serve()
+  with pytest.raises(ValueError, match="mode='serve'"):
+    layer.serve()
 
 
 def test_pack_model_leaves_the_trained_model_alone_and_reports_bytes(rng):
@@ -84,7 +115,7 @@ def test_export_import_round_trip_at_1_6_bits_and_never_overwrites(rng, tmp_path
   # Only the packed layers travel; embeddings and norms come from the fresh model's
   # own init, so compare the packed weights themselves.
   for (_, a), (_, b) in zip(nnx.iter_modules(packed), nnx.iter_modules(fresh)):
-    if isinstance(a, PackedDense):
+    if isinstance(a, BitDense) and a.mode == "serve":
       np.testing.assert_array_equal(a.packed.get_value(), b.packed.get_value())
       np.testing.assert_array_equal(a.scale.get_value(), b.scale.get_value())
 
@@ -108,7 +139,6 @@ SHARDED_PACKED_SCRIPT = textwrap.dedent("""
     import json, numpy as np, jax, jax.numpy as jnp
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from bitjax.infer import PackedDense
     from bitjax.kernels import ternary_matmul
     from bitjax.nn import BitDense
     from bitjax.quant import resolve_precision
@@ -120,7 +150,8 @@ SHARDED_PACKED_SCRIPT = textwrap.dedent("""
     for din, dout, axes in [(512, 1024, ("embed", "mlp")), (2048, 512, ("mlp", "embed"))]:
       bit = BitDense(din, dout, spec=resolve_precision("b1.58"), norm=None, kernel_axes=axes,
                      rngs=nnx.Rngs(int(rng.integers(1 << 16))))
-      graphdef, state = nnx.split(PackedDense(bit, backend="interpret"))
+      bit.serve("interpret")
+      graphdef, state = nnx.split(bit)
       # Activations on the int8 grid (each token's absmax is 127/8, so its scale is 1/8 and
       # every code is exact): any difference would be the sharded path's, not a rounding tie.
       codes = rng.integers(-127, 128, (8, 4, din))
@@ -150,7 +181,7 @@ SHARDED_PACKED_SCRIPT = textwrap.dedent("""
 
 def test_packed_layers_run_per_device_under_a_mesh(rng):
   """Kernels inside shard_map: int8 inputs give exactly the one-device sums, and a whole
-  PackedDense fed activations whose int8 codes are exact gives the one-device output.
+  serving BitDense fed activations whose int8 codes are exact gives the one-device output.
   (Random float activations are not used here: XLA may partition the quantizer's arithmetic
   differently, so a code near a rounding tie can land the other way; seen at 2e-4.)"""
   results = json_result(run_on_8_devices(SHARDED_PACKED_SCRIPT, str(rng.integers(1 << 30))))

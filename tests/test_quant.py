@@ -1,5 +1,7 @@
 """Quantizers against an independent float64 numpy implementation of DESIGN.md section 2."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,16 +141,55 @@ def test_presets_table():
   assert quant.resolve_precision("bf16", weight_quant="absmean").quantized
 
 
+def test_records_give_bits_packing_and_the_learning_rate_recipe():
+  bits = {name: record.bits for name, record in quant.WEIGHT_QUANTIZERS.items()}
+  assert bits == {"none": 16.0, "absmean": np.log2(3), "absmedian": np.log2(3), "sign": 1.0}
+  assert {n: r.packing for n, r in quant.WEIGHT_QUANTIZERS.items()} == {
+      "none": None, "absmean": "ternary", "absmedian": "ternary", "sign": "ternary"}
+  assert sorted(quant.ACTIVATION_QUANTIZERS) == ["tensor", "token"]
+  assert quant.PRECISIONS["1bit"].weight_bits == 1.0 and quant.PRECISIONS["bf16"].weight_bits == 16
+  # The recipe of every preset and override is what `spec.quantized` chose before records.
+  for name in quant.PRECISIONS:
+    for weight in (None, *quant.WEIGHT_QUANTIZERS):
+      for act_bits in (None, 0, 4, 8):
+        spec = quant.resolve_precision(name, weight_quant=weight, act_bits=act_bits)
+        assert spec.lr_recipe == ("low_bit" if spec.quantized else "full_precision"), spec
+  assert quant.PRECISIONS["bf16"].lr_recipe == "full_precision"
+  assert quant.resolve_precision("b1.58", act_bits=0).lr_recipe == "low_bit"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: quant.register_weight_quantizer(quant.WeightQuantizer("sign", None, 1.0)),
+     "weight quantizer name='sign' is already registered"),
+    (lambda: quant.register_activation_quantizer(
+        quant.ActivationQuantizer("token", lambda x, bits: (x, 1.0))),
+     "activation quantizer name='token' is already registered"),
+    (lambda: quant.register_weight_quantizer(quant.PRECISIONS["b1.58"]),
+     "is not a WeightQuantizer"),
+    (lambda: quant.WeightQuantizer("int2", None, 2.0, packing="int2"),
+     "packing='int2' is not one of ['ternary']"),
+    (lambda: quant.WeightQuantizer("int2", None, 2.0, lr_recipe="fast"),
+     "lr_recipe='fast' is not one of ['low_bit', 'full_precision']"),
+])
+def test_registries_refuse_bad_records(call, message):
+  before = (dict(quant.WEIGHT_QUANTIZERS), dict(quant.ACTIVATION_QUANTIZERS))
+  with pytest.raises(ValueError, match=re.escape(message)):
+    call()
+  assert (quant.WEIGHT_QUANTIZERS, quant.ACTIVATION_QUANTIZERS) == before
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: quant.resolve_precision("b2"), "precision='b2' is not one of"),
-    (lambda: quant.resolve_precision("b1.58", weight_quant="ternary"), "weight_quant='ternary'"),
+    (lambda: quant.resolve_precision("b1.58", weight_quant="ternary"),
+     "weight_quant='ternary' is not one of ['none', 'absmean', 'absmedian', 'sign']"),
     (lambda: quant.resolve_precision("b1.58", act_bits=1), "act_bits=1"),
     (lambda: quant.resolve_precision("b1.58", act_granularity="row"), "act_granularity='row'"),
     (lambda: quant.quantize_weight(jnp.ones(3), "round"), "method='round' is not one of"),
-    (lambda: quant.quantize_activation(jnp.ones(3), 8, "channel"), "granularity='channel'"),
+    (lambda: quant.quantize_activation(jnp.ones(3), 8, "channel"),
+     "granularity='channel' is not one of ['token', 'tensor']"),
 ])
 def test_bad_quant_settings_name_the_field(call, message):
-  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+  with pytest.raises(ValueError, match=re.escape(message)):
     call()
 
 

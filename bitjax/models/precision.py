@@ -47,7 +47,7 @@ class ModelConfig:
   """The precision fields of `config.model`; subclasses add the architecture."""
 
   precision: str = "bf16"
-  weight_quant: str | None = None  # None: the preset's; else one of WEIGHT_METHODS
+  weight_quant: str | None = None  # None: the preset's; else a name in WEIGHT_QUANTIZERS
   act_bits: int | None = None  # None: the preset's; 0: no activation quantization
   act_granularity: str | None = None  # None: the preset's; "token" or "tensor"
   norm: str = "rms"
@@ -94,24 +94,34 @@ class ModelConfig:
     return dict(spec=self.spec, norm=self.inner_norm, norm_eps=self.norm_eps, dtype=self.dtype)
 
 
+def _quantized_layers(model: nnx.Module) -> list[tuple[str, BitDense]]:
+  return [("/".join(map(str, path)), module) for path, module in nnx.iter_modules(model)
+          if isinstance(module, BitDense) and module.spec.weight_quantizer.quantized]
+
+
 def quantized_kernels(model: nnx.Module) -> dict[str, jax.Array]:
   """The forward-pass weights of every quantized BitDense, keyed by path."""
-  out = {}
-  for path, module in nnx.iter_modules(model):
-    if isinstance(module, BitDense) and module.spec.weight != "none":
-      out["/".join(map(str, path))] = module.quantized_kernel()
-  return out
+  return {path: module.quantized_kernel() for path, module in _quantized_layers(model)}
+
+
+def _scale_count(module: BitDense) -> int:
+  """Scales per matrix: 1 for a per-tensor quantizer, one per column for a per-channel one."""
+  kernel = jax.ShapeDtypeStruct(module.kernel.shape[-2:], module.kernel.dtype)
+  return jax.eval_shape(module.spec.weight_quantizer.quantize, kernel)[1].size
 
 
 def weight_memory_bits(model: nnx.Module) -> float:
-  """Bits to store the weights: quantized kernels at their preset's bits per weight
-  (log2(3) for ternary, 1 for sign) plus a float32 scale per matrix (per layer when the
-  blocks are stacked for a scan); everything else at 16."""
-  quantized = {id(m.kernel): m.spec.weight_bits
-               for _, m in nnx.iter_modules(model)
-               if isinstance(m, BitDense) and m.spec.weight != "none"}
+  """Bits to store the weights: quantized kernels at their quantizer's bits per weight
+  (log2(3) for ternary, 1 for sign) plus a float32 per scale (per matrix, and per layer
+  when the blocks are stacked for a scan); everything else at 16."""
+  quantized = {id(m.kernel): (m.spec.weight_bits, _scale_count(m))
+               for _, m in _quantized_layers(model)}
   bits = 0.0
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    size, matrices = var[...].size, math.prod(var.shape[:-2])
-    bits += size * quantized[id(var)] + 32 * matrices if id(var) in quantized else 16 * size
+    size = var[...].size
+    if id(var) in quantized:
+      bits_per_weight, scales = quantized[id(var)]
+      bits += size * bits_per_weight + 32 * math.prod(var.shape[:-2]) * scales
+    else:
+      bits += 16 * size
   return bits

@@ -1,4 +1,5 @@
-"""BitDense: norm -> activation quant -> weight quant -> matmul (DESIGN.md section 2)."""
+"""BitDense: norm -> activation quant -> weight quant -> matmul (DESIGN.md section 2), in
+training (latent float weights, fake quantization) or serving (packed codes, kernels)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bitjax.kernels import (BACKENDS, pack_ternary, ternary_matmul, ternary_to_codes,
+                            unpack_ternary)
 from bitjax.nn.norms import make_norm
 from bitjax.nn.params import logical_param
-from bitjax.quant import QuantSpec, activation_quant, weight_quant
+from bitjax.quant import QuantSpec, activation_quant, quantize_activation, weight_quant
+from bitjax.quant.quantizers import packable_weight_quantizers, quantize_weight
 
 DEFAULT_KERNEL_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+INT8_ACT_BITS = 8  # up to this many activation bits the serving kernel reads int8 codes
+
+
+class PackedWeight(nnx.Variable):
+  """Packed codes and their scales: state of a serving layer, never trained."""
 
 
 class BitDense(nnx.Module):
@@ -20,6 +29,10 @@ class BitDense(nnx.Module):
   quantizer sees normalised inputs; pass `norm=None` for a plain dense layer
   (full-precision models keep their usual pre-norms instead). Latent weights
   are float32; the matmul runs in `dtype`.
+
+  `mode` is "train" (latent `kernel`, fake-quantized in the forward pass) or, after
+  `serve()`, "serve" (`packed` codes and `scale` of the trained weights, multiplied by
+  `bitjax.kernels.ternary_matmul`); both modes share one forward pass.
   """
 
   def __init__(
@@ -37,29 +50,73 @@ class BitDense(nnx.Module):
       kernel_init=DEFAULT_KERNEL_INIT,
       rngs: nnx.Rngs,
   ):
+    self.in_features, self.out_features = in_features, out_features
     self.spec = spec
     self.dtype = dtype
+    self.mode = "train"
+    self.backend = None  # the kernel backend, once serving
     self.norm = None if norm is None else make_norm(norm, in_features, eps=norm_eps, rngs=rngs)
     self.kernel = logical_param(rngs, kernel_init, (in_features, out_features), kernel_axes,
                                 param_dtype)
     self.bias = (logical_param(rngs, nnx.initializers.zeros, (out_features,), kernel_axes[1:],
                                param_dtype) if use_bias else None)
 
+  @property
+  def packable(self) -> bool:
+    """Whether `serve()` can pack this layer's weights (its weight quantizer packs)."""
+    return self.mode == "train" and self.spec.weight_quantizer.packing is not None
+
+  def serve(self, backend: str = "auto") -> None:
+    """Switch to serving, in place: quantize the latent kernel once, keep its codes packed
+    in the `ternary` format (the one packing there is) and its scale, both with the
+    kernel's logical axes so they shard like it, and drop the kernel."""
+    if backend not in BACKENDS:
+      raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
+    if self.mode != "train":
+      raise ValueError(f"mode={self.mode!r}: serve() packs a layer in mode 'train'")
+    if not self.packable:
+      raise ValueError(f"weight_quant={self.spec.weight!r} has no packed format; packable: "
+                       f"{packable_weight_quantizers()}")
+    axes = self.kernel.get_metadata().get("out_sharding")
+    codes, scale = quantize_weight(self.kernel.get_value(), self.spec.weight)
+    self.packed = PackedWeight(pack_ternary(ternary_to_codes(codes)), out_sharding=axes,
+                               eager_sharding=False)
+    scale_axes = None if axes is None or scale.ndim == 0 else tuple(axes[-scale.ndim:])
+    self.scale = PackedWeight(scale.astype(jnp.float32), out_sharding=scale_axes,
+                              eager_sharding=False)
+    del self.kernel
+    self.mode, self.backend = "serve", backend
+
   def quantized_kernel(self) -> jax.Array:
     """The weights the forward pass uses (`codes * scale`), in the compute dtype; a
     stacked kernel (scanned blocks, [layers, in, out]) is quantized layer by layer."""
+    if self.mode == "serve":
+      codes = unpack_ternary(self.packed[...], self.in_features).astype(jnp.float32) - 1
+      return (codes * self.scale[...]).astype(self.dtype)
     quantize = lambda kernel: weight_quant(kernel, self.spec.weight)
     for _ in range(self.kernel.ndim - 2):
       quantize = jax.vmap(quantize)
     return quantize(self.kernel[...]).astype(self.dtype)
 
+  def _packed_matmul(self, x: jax.Array, activations: str) -> jax.Array:
+    return ternary_matmul(x, self.packed[...], self.scale[...], activations=activations,
+                          backend=self.backend,
+                          weight_axes=self.packed.get_metadata().get("out_sharding"))
+
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm is not None:
       x = self.norm(x)
-    x = x.astype(self.dtype)
-    if self.spec.act_bits is not None:
-      x = activation_quant(x, self.spec.act_bits, self.spec.act_granularity)
-    y = jnp.dot(x, self.quantized_kernel())
+    x = x.astype(self.dtype)  # activations are quantized in the compute dtype
+    bits, granularity = self.spec.act_bits, self.spec.act_granularity
+    if self.mode == "train":
+      if bits is not None:
+        x = activation_quant(x, bits, granularity)
+      y = jnp.dot(x, self.quantized_kernel())
+    elif bits is not None and bits <= INT8_ACT_BITS:
+      x_codes, x_scale = quantize_activation(x, bits, granularity)
+      y = (self._packed_matmul(x_codes, "int8") * x_scale).astype(self.dtype)
+    else:  # wider activations, or none quantized: the kernel reads bf16
+      y = self._packed_matmul(x, "bf16").astype(self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y

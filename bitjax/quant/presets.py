@@ -1,11 +1,12 @@
-"""The one table of precision presets (DESIGN.md section 2)."""
+"""The one table of precision presets (DESIGN.md section 2); what a preset's quantizers
+are and imply (bits, packing, learning-rate recipe) comes from their records."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from bitjax.quant.quantizers import ACTIVATION_BITS, GRANULARITIES, WEIGHT_METHODS
+from bitjax.quant import quantizers
+from bitjax.quant.quantizers import ACTIVATION_BITS, WeightQuantizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,24 +24,32 @@ class QuantSpec:
   compute_dtype: str | None = None
 
   def __post_init__(self):
-    if self.weight not in WEIGHT_METHODS:
-      raise ValueError(f"weight_quant={self.weight!r} is not one of {list(WEIGHT_METHODS)}")
+    self.weight_quantizer  # validated against the registries as they are now
     if self.act_bits is not None and self.act_bits not in ACTIVATION_BITS:
       raise ValueError(
           f"act_bits={self.act_bits!r} is not None or an integer in "
           f"[{ACTIVATION_BITS[0]}, {ACTIVATION_BITS[-1]}]")
-    if self.act_granularity not in GRANULARITIES:
-      raise ValueError(
-          f"act_granularity={self.act_granularity!r} is not one of {list(GRANULARITIES)}")
+    quantizers.activation_quantizer(self.act_granularity, name="act_granularity")
+
+  @property
+  def weight_quantizer(self) -> WeightQuantizer:
+    return quantizers.weight_quantizer(self.weight, name="weight_quant")
 
   @property
   def quantized(self) -> bool:
-    return self.weight != "none" or self.act_bits is not None
+    return self.weight_quantizer.quantized or self.act_bits is not None
 
   @property
   def weight_bits(self) -> float:
-    """Information per weight: log2(3) for ternary, 1 for sign, 16 otherwise."""
-    return {"absmean": math.log2(3), "absmedian": math.log2(3), "sign": 1.0}.get(self.weight, 16.0)
+    """Information per weight: the weight quantizer's bits (log2(3) for ternary, 1 for
+    sign, 16 for none)."""
+    return self.weight_quantizer.bits
+
+  @property
+  def lr_recipe(self) -> str:
+    """The default learning-rate recipe: "low_bit" (BitNet's two-stage schedule) once
+    activations are quantized, else the weight quantizer's own."""
+    return "low_bit" if self.act_bits is not None else self.weight_quantizer.lr_recipe
 
 
 PRECISIONS: dict[str, QuantSpec] = {

@@ -1,4 +1,10 @@
-"""Quantizers as pure functions on arrays (DESIGN.md section 2).
+"""Quantizers as records in two registries, and the functions that dispatch through them.
+
+A weight quantizer is one `WeightQuantizer` record: its quantize function, bits per
+weight, how its codes pack for serving and its default learning-rate recipe. Presets,
+layers, packing, memory accounting and config validation read these records and
+nothing else, so `register_weight_quantizer` is the one place a new quantizer goes.
+Activation quantizers are records per granularity (`token`, `tensor`) in the same way.
 
 `quantize_*` return integer codes and a float32 scale such that `codes * scale`
 approximates the input; `weight_quant` / `activation_quant` return that product
@@ -8,20 +14,101 @@ BitNet trains through the non-differentiable rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-WEIGHT_METHODS = ("none", "absmean", "absmedian", "sign")
-GRANULARITIES = ("token", "tensor")
 ACTIVATION_BITS = tuple(range(2, 17))
 SCALE_EPS = 1e-5
+PACKINGS = ("ternary",)  # bitjax.kernels' bitjax-ternary-v1 format (codes in {-1, 0, 1})
+LR_RECIPES = ("low_bit", "full_precision")
 
 
-def _check(name: str, value, allowed) -> None:
+def _check_one_of(name: str, value, allowed) -> None:
   if value not in allowed:
     raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightQuantizer:
+  """Everything bitjax needs to know about one weight quantizer.
+
+  `quantize(w)` maps a float (K, N) kernel to int8 codes and a float32 scale of shape
+  () (per tensor) or (N,) (per output channel); None keeps the weights in full
+  precision. `bits` is the information per weight (memory accounting); `packing` names
+  the format its codes pack into for serving, or None if they cannot be packed;
+  `lr_recipe` is the learning-rate recipe a model with these weights gets by default.
+  """
+
+  name: str
+  quantize: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None
+  bits: float
+  packing: str | None = None
+  lr_recipe: str = "low_bit"
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      raise ValueError(f"name={self.name!r} must be a non-empty string")
+    if self.packing is not None:
+      _check_one_of("packing", self.packing, PACKINGS)
+    _check_one_of("lr_recipe", self.lr_recipe, LR_RECIPES)
+
+  @property
+  def quantized(self) -> bool:
+    return self.quantize is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQuantizer:
+  """One activation granularity: `quantize(x, bits)` -> (codes, float32 scale)."""
+
+  name: str
+  quantize: Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
+
+
+WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {}
+ACTIVATION_QUANTIZERS: dict[str, ActivationQuantizer] = {}
+
+
+def _register(registry: dict, kind: str, record, record_type: type) -> None:
+  if not isinstance(record, record_type):
+    raise ValueError(f"record={record!r} is not a {record_type.__name__}")
+  if record.name in registry:
+    raise ValueError(f"{kind} quantizer name={record.name!r} is already registered; "
+                     f"taken: {list(registry)}")
+  registry[record.name] = record
+
+
+def register_weight_quantizer(record: WeightQuantizer) -> None:
+  """Make `record` available by name to presets, configs (`model.weight_quant`), layers
+  and packing."""
+  _register(WEIGHT_QUANTIZERS, "weight", record, WeightQuantizer)
+
+
+def register_activation_quantizer(record: ActivationQuantizer) -> None:
+  """Make `record` available by name as an activation granularity."""
+  _register(ACTIVATION_QUANTIZERS, "activation", record, ActivationQuantizer)
+
+
+def weight_quantizer(method: str, *, name: str = "method") -> WeightQuantizer:
+  """The registered record called `method`; `name` is the argument an error names."""
+  _check_one_of(name, method, WEIGHT_QUANTIZERS)
+  return WEIGHT_QUANTIZERS[method]
+
+
+def activation_quantizer(granularity: str, *, name: str = "granularity") -> ActivationQuantizer:
+  """The registered record for `granularity`; `name` is the argument an error names."""
+  _check_one_of(name, granularity, ACTIVATION_QUANTIZERS)
+  return ACTIVATION_QUANTIZERS[granularity]
+
+
+def packable_weight_quantizers() -> list[str]:
+  """Names of the registered weight quantizers whose codes pack for serving."""
+  return [name for name, record in WEIGHT_QUANTIZERS.items() if record.packing is not None]
 
 
 def nonnegative_median(x: jax.Array) -> jax.Array:
@@ -42,25 +129,66 @@ def nonnegative_median(x: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(middle, jnp.float32).mean()
 
 
+def ternary_around(center: Callable[[jax.Array], jax.Array]):
+  """A ternary quantizer {-1, 0, 1}: s = max(center(|w|), 1e-5), codes = clip(round(w / s)).
+
+  `center` reduces |w| to the scale: jnp.mean gives BitNet b1.58's absmean; a
+  reduction over axis 0 only gives one scale per output channel."""
+
+  def quantize(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    w32 = w.astype(jnp.float32)
+    scale = jnp.maximum(center(jnp.abs(w32)), SCALE_EPS)
+    codes = jnp.clip(jnp.round(w32 / scale), -1, 1)
+    return codes.astype(jnp.int8), scale
+
+  return quantize
+
+
+def centred_sign(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """BitNet (2023): codes +1 where w - mean(w) > 0 else -1, scale mean|w|."""
+  w32 = w.astype(jnp.float32)
+  scale = jnp.mean(jnp.abs(w32))
+  codes = jnp.where(w32 - jnp.mean(w32) > 0, 1, -1)
+  return codes.astype(jnp.int8), scale
+
+
+def absmax_quantizer(absmax: Callable[[jax.Array], jax.Array]):
+  """Symmetric absmax quantization to signed `bits`-bit integers, the absmax taken by
+  `absmax(|x|)`; codes are int8 up to 8 bits, int32 above."""
+
+  def quantize(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
+    q = 2 ** (bits - 1)
+    x32 = x.astype(jnp.float32)
+    scale = jnp.maximum(absmax(jnp.abs(x32)), SCALE_EPS) / (q - 1)
+    codes = jnp.clip(jnp.round(x32 / scale), -q, q - 1)
+    return codes.astype(jnp.int8 if bits <= 8 else jnp.int32), scale
+
+  return quantize
+
+
+register_weight_quantizer(WeightQuantizer("none", None, 16.0, lr_recipe="full_precision"))
+register_weight_quantizer(WeightQuantizer("absmean", ternary_around(jnp.mean), math.log2(3),
+                                          "ternary"))
+register_weight_quantizer(WeightQuantizer("absmedian", ternary_around(nonnegative_median),
+                                          math.log2(3), "ternary"))
+register_weight_quantizer(WeightQuantizer("sign", centred_sign, 1.0, "ternary"))  # {-1, 1} fit
+register_activation_quantizer(ActivationQuantizer(
+    "token", absmax_quantizer(lambda a: jnp.max(a, axis=-1, keepdims=True))))
+register_activation_quantizer(ActivationQuantizer("tensor", absmax_quantizer(jnp.max)))
+
+
 def quantize_weight(w: jax.Array, method: str = "absmean") -> tuple[jax.Array, jax.Array]:
-  """Per-tensor weight quantization; returns (int8 codes, float32 scalar scale).
+  """Weight quantization by the registered quantizer `method`; returns (codes, scale).
 
   `absmean`/`absmedian` give ternary codes {-1, 0, 1} (BitNet b1.58 and its
   median variant); `sign` gives binary codes {-1, 1} after centring on the
-  mean (BitNet 2023). `none` returns the weights themselves with scale 1.
+  mean (BitNet 2023); these three scale per tensor. `none` returns the weights
+  themselves with scale 1.
   """
-  _check("method", method, WEIGHT_METHODS)
-  if method == "none":
+  quantize = weight_quantizer(method).quantize
+  if quantize is None:
     return w, jnp.ones((), jnp.float32)
-  w32 = w.astype(jnp.float32)
-  if method == "sign":
-    scale = jnp.mean(jnp.abs(w32))
-    codes = jnp.where(w32 - jnp.mean(w32) > 0, 1, -1)
-    return codes.astype(jnp.int8), scale
-  center = jnp.mean if method == "absmean" else nonnegative_median
-  scale = jnp.maximum(center(jnp.abs(w32)), SCALE_EPS)
-  codes = jnp.clip(jnp.round(w32 / scale), -1, 1)
-  return codes.astype(jnp.int8), scale
+  return quantize(w)
 
 
 def quantize_activation(
@@ -72,23 +200,14 @@ def quantize_activation(
   or the whole tensor (`tensor`, shape ()). Codes are int8 up to 8 bits,
   int32 above.
   """
-  _check("bits", bits, ACTIVATION_BITS)
-  _check("granularity", granularity, GRANULARITIES)
-  q = 2 ** (bits - 1)
-  x32 = x.astype(jnp.float32)
-  if granularity == "token":
-    absmax = jnp.max(jnp.abs(x32), axis=-1, keepdims=True)
-  else:
-    absmax = jnp.max(jnp.abs(x32))
-  scale = jnp.maximum(absmax, SCALE_EPS) / (q - 1)
-  codes = jnp.clip(jnp.round(x32 / scale), -q, q - 1)
-  return codes.astype(jnp.int8 if bits <= 8 else jnp.int32), scale
+  _check_one_of("bits", bits, ACTIVATION_BITS)
+  return activation_quantizer(granularity).quantize(x, bits)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def weight_quant(w: jax.Array, method: str = "absmean") -> jax.Array:
   """Fake-quantized weights `codes * scale` in w's dtype; gradient = identity."""
-  if method == "none":
+  if not weight_quantizer(method).quantized:
     return w
   codes, scale = quantize_weight(w, method)
   return (codes.astype(jnp.float32) * scale).astype(w.dtype)
