@@ -7,7 +7,6 @@ import abc
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from bitjax import models
