@@ -72,14 +72,15 @@ def main(argv):
 
 
 def _compile():
-  """AOT-compile one train step for --topology on this machine (no TPU needed)."""
+  """AOT-compile one train step of the config's task for --topology on this machine (no
+  TPU needed)."""
   import os
 
   import jax
   if not os.environ.get("JAX_PLATFORMS"):
     # Only the TPU compiler is needed; keep jax from probing for a local TPU.
     jax.config.update("jax_platforms", "cpu")
-  from bitjax.train.aot import compile_train_step, format_report
+  from bitjax.train.compile import compile_train_step, format_report
   from bitjax.train.config import ConfigError
   try:
     report = compile_train_step(FLAGS.config, FLAGS.topology, FLAGS.num_slices)

@@ -11,7 +11,7 @@ from bitjax.models import (Decoder, DecoderConfig, Encoder, EncoderConfig, MLPCl
                            MLPConfig, train_flops_per_token)
 from bitjax.train.flops import (dot_general_flops, forward_matmul_flops,
                                 train_matmul_flops)
-from bitjax.train.step import next_token_loss
+from bitjax.train.tasks.lm import next_token_loss
 
 
 def test_dot_general_counts_two_flops_per_multiply_add(rng):

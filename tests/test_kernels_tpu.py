@@ -19,7 +19,7 @@ from bitjax.models import Decoder, DecoderConfig
 from bitjax.parallel import make_mesh
 
 pytest.importorskip("libtpu", reason="TPU ahead-of-time compilation needs libtpu")
-from bitjax.parallel.aot import topology_devices  # noqa: E402
+from bitjax.parallel.topology import topology_devices  # noqa: E402
 
 INT8_MXU = {"v5e:2x2": True, "v6e:2x2": True, "v4:2x2x1": False}
 

@@ -111,11 +111,12 @@ def test_one_process_feeds_the_whole_batch():
 SHARDED_TRAINING = textwrap.dedent("""
     import dataclasses, json, sys
     import jax, numpy as np
-    from bitjax.models import DecoderConfig
+    from bitjax.models import Decoder, DecoderConfig
     from bitjax.parallel import global_batch, make_mesh
     from bitjax.train.config import default_config
     from bitjax.train.optim import learning_rate_schedule, make_optimizer
-    from bitjax.train.step import batch_sharding, jit_train_step, state_layout
+    from bitjax.train.step import jit_train_step, state_layout
+    from bitjax.train.tasks.lm import next_token_loss, token_batch_sharding
 
     MESHES = {"one_device": dict(devices=jax.devices()[:1]), "data": dict(data=8),
               "fsdp": dict(data=1, fsdp=8), "tensor": dict(data=1, tensor=8),
@@ -138,9 +139,9 @@ SHARDED_TRAINING = textwrap.dedent("""
       mesh = make_mesh(**mesh_args)
       scanned = name in SCANNED
       layout = state_layout(dataclasses.replace(cfg, num_layers=2, scan_layers=True) if scanned
-                            else cfg, tx, 0, mesh)
-      batches = batch_sharding(mesh, BATCH, SEQ)
-      step = jit_train_step(layout, tx, schedule, mesh, batches)
+                            else cfg, tx, 0, mesh, Decoder)
+      batches = token_batch_sharding(mesh, BATCH, SEQ)
+      step = jit_train_step(layout, tx, schedule, mesh, batches, next_token_loss)
       state, losses = layout.init(), []
       for window in windows:
         batch = global_batch({"inputs": window[:, :-1], "targets": window[:, 1:]}, batches, BATCH)

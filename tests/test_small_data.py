@@ -262,9 +262,3 @@ def undocumented():
   assert arrays["target_mask"].all()  # "Area of..." fills the 8 target positions
   assert arrays["input_mask"].sum() == len(pairs[0][0]) + 1  # the code, then EOS
 
-
-def test_missing_tfds_dataset_names_it_and_the_data_dir(tmp_path):
-  with pytest.raises(FileNotFoundError) as info:
-    text_tasks.tfds_classification("glue/sst2", "train", str(tmp_path), ("sentence",),
-                                   "label", TOKENIZER, 32)
-  assert "'glue/sst2'" in str(info.value) and str(tmp_path) in str(info.value)

@@ -14,7 +14,8 @@ from bitjax.sweep.compare import format_comparison
 from bitjax.sweep.spec import load_sweep
 from bitjax.train import train_and_evaluate
 from bitjax.train.config import ConfigError, default_config, load_config, validate_config
-from bitjax.train.tasks import TASKS, ArrayBatches, MappedBatches
+from bitjax.data.iterators import ArrayBatches, BatchIterator, MappedBatches
+from bitjax.train.tasks import TASKS, get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -55,6 +56,7 @@ def tiny_configs(corpus, data_dir):
   text_dir = {"data.name": "text_dir", "data.text_dir": str(corpus), "data.text_glob": "**/*.py",
               "data.data_dir": str(data_dir)}
   return {
+      "lm": ("lm.py:nano", {**TINY_TRANSFORMER, **text_dir}),
       "classify_tabular": ("mlp.py:wine,hidden=16,precision=b1.58", {"train.batch_size": 16}),
       "classify_text": ("mlp.py:stdlib_packages,hidden=16,precision=1bit", {
           "data.name": "text_dir", "data.text_dir": str(corpus), "data.text_glob": "**/*.py",
@@ -74,14 +76,16 @@ def tiny_configs(corpus, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["classify_tabular", "classify_text", "node_classification",
-                                  "mlm", "classify_sequence", "seq2seq", "docstrings"])
+@pytest.mark.parametrize("name", ["lm", "classify_tabular", "classify_text",
+                                  "node_classification", "mlm", "classify_sequence", "seq2seq",
+                                  "docstrings"])
 def test_each_task_trains_through_the_trainer(name, python_corpus, tmp_path):
   spec, overrides = tiny_configs(python_corpus, tmp_path / "tfds")[name]
   config = load_config(os.path.join(CONFIGS, spec), {**TINY_TRAIN, **overrides})
   summary = train_and_evaluate(config, str(tmp_path / "run"))
   task = TASKS[config.task]
   assert summary["task"] == config.task and summary["metric"] == task.metric
+  assert summary["analysis"] == ("scaling" if config.task == "lm" else "seed_table")
   assert np.isfinite(summary[f"eval_{task.metric}"]) and summary["weight_memory_bits"] > 0
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
@@ -90,9 +94,17 @@ def test_each_task_trains_through_the_trainer(name, python_corpus, tmp_path):
   train = [r for r in records if r["split"] == "train"]
   assert all(r["tflops_per_device"] > 0 and r[f"{task.unit}_per_s"] > 0 for r in train)
   assert {r["split"] for r in records} == {"train", "eval"}
-  assert f"task: {config.task}" in format_comparison([summary])
+  if config.task != "lm":  # the LM's table is the README's; other tasks name themselves
+    assert f"task: {config.task}" in format_comparison([summary])
   # A finished run is read back, not trained again.
   assert train_and_evaluate(config, str(tmp_path / "run")) == summary
+  # batch_spec gives the shapes the train iterator yields (a global batch: one block).
+  bound = get_task(config)
+  train_iter = bound.train_iterator(0, 1)
+  assert isinstance(train_iter, BatchIterator)
+  shapes = lambda batch: {name: (tuple(x.shape), np.dtype(x.dtype)) for name, x in batch.items()}
+  assert shapes(next(train_iter)) == shapes(bound.batch_spec())
+  assert set(bound.eval_batches()[0]) <= set(bound.batch_spec()) | {"weights"}
 
 
 def test_unknown_task_is_named_with_the_choices():

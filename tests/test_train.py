@@ -19,7 +19,8 @@ from bitjax.models import Decoder, DecoderConfig, quantized_kernels
 from bitjax.train import optim, train_and_evaluate
 from bitjax.train.config import load_config, parse_config_arg, validate_config
 from bitjax.train.checkpoint import Checkpointer
-from bitjax.train.step import init_state
+from bitjax.parallel import make_mesh
+from bitjax.train.step import state_layout
 from multidevice import json_result, start_processes
 from preemption import Preempted, preempt_after
 
@@ -75,11 +76,11 @@ def test_validation_loss_falls_clearly(trained, precision):
 def restore_model(config, workdir):
   model_cfg = DecoderConfig.from_mapping(config.model)
   tx = optim.make_optimizer(config.optim, config.train.steps, model_cfg.spec.quantized)
-  graphdef, state = init_state(model_cfg, tx, seed=123)
+  layout = state_layout(model_cfg, tx, 123, make_mesh(devices=jax.devices()[:1]), Decoder)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 2)
-  state, _ = ckpt.restore(ckpt.latest_step(), jax.eval_shape(lambda: state))
+  state, _ = ckpt.restore(ckpt.latest_step(), layout.abstract)
   ckpt.close()
-  return nnx.merge(graphdef, state.params)
+  return nnx.merge(layout.graphdef, state.params)
 
 
 def test_trained_b158_weights_take_three_values(trained):

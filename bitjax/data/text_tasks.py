@@ -1,13 +1,12 @@
 """Encoder and encoder-decoder tasks from the corpus, as fixed-length int32 arrays.
 
 - Masked LM (BERT): `mask_tokens` corrupts 15% of the real tokens, 80/10/10.
-- Package classification: chunks of stdlib code labelled with their top-level
-  package (`text_classification.stdlib_packages`), as byte tokens.
+- Byte tokens of padded texts (`encode_padded`), e.g. the package classification's
+  stdlib chunks (`bitjax.data.loaders.cached_package_chunks`).
 - Span corruption (T5): `span_corrupt` swaps noise spans for sentinels; the
   target lists each sentinel followed by the span it replaced.
 - Docstring summary: a function's code (docstring removed, via `ast`) -> the
   first line of its docstring.
-- TFDS text classification (e.g. glue/sst2) from a prepared data_dir.
 
 Token ids past the byte tokenizer's vocabulary are extra ids: `extra_id(tokenizer, 0)`
 is the [MASK] token and the span sentinels count from it, so a model for these
@@ -41,20 +40,6 @@ def encode_padded(tokenizer: ByteTokenizer, texts, length: int) -> tuple[np.ndar
     tokens[row, :len(ids)] = ids
     lengths[row] = len(ids)
   return tokens, np.arange(length) < lengths
-
-
-def package_chunks(seq_len: int, tokenizer: ByteTokenizer = ByteTokenizer(),
-                   **task_args) -> dict[str, dict[str, np.ndarray]]:
-  """Per split {'tokens', 'mask', 'labels'}: stdlib code chunks of seq_len bytes and
-  their top-level package (`stdlib_packages(**task_args)` names the classes)."""
-  from bitjax.data.text_classification import stdlib_packages
-
-  examples = stdlib_packages(chunk_chars=seq_len, **task_args)
-  out = {}
-  for name, split in examples.splits.items():
-    tokens, mask = encode_padded(tokenizer, split["texts"], seq_len)
-    out[name] = {"tokens": tokens, "mask": mask, "labels": split["labels"]}
-  return out
 
 
 def mask_tokens(tokens: np.ndarray, mask: np.ndarray, tokenizer: ByteTokenizer,
@@ -170,29 +155,3 @@ def corpus_docstrings(root: str | None = None, pattern: str = corpus.STDLIB_GLOB
                   for pair in docstring_pairs(corpus.read_text(os.path.join(root, f)))]
           for split, split_files in corpus.split_files(files).items()}
 
-
-def tfds_classification(name: str, split: str, data_dir: str, text_keys, label_key: str,
-                        tokenizer: ByteTokenizer, seq_len: int) -> dict[str, np.ndarray]:
-  """A prepared TFDS text classification (e.g. name='glue/sst2', text_keys=('sentence',))
-  as {'tokens', 'mask', 'labels'}; several text keys are joined by a newline.
-
-  Nothing is downloaded: a dataset absent from data_dir raises FileNotFoundError
-  naming it and the directory.
-  """
-  from bitjax.data import builders  # Deferred: TFDS.
-
-  source = builders._tfds_source(name, split, data_dir)
-  examples = [source[i] for i in range(len(source))]
-  missing = sorted({*text_keys, label_key} - set(examples[0])) if examples else []
-  if missing:
-    raise ValueError(f"TFDS dataset {name!r} has no feature(s) {missing}; "
-                     f"it has {sorted(examples[0])}")
-
-  def text(example, key):
-    value = example[key]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-  tokens, mask = encode_padded(
-      tokenizer, ["\n".join(text(e, k) for k in text_keys) for e in examples], seq_len)
-  return {"tokens": tokens, "mask": mask,
-          "labels": np.array([int(e[label_key]) for e in examples], np.int32)}

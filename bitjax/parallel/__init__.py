@@ -1,5 +1,6 @@
 """Scale-out: device meshes, the one table mapping logical axes to mesh axes, sharding
-helpers and multi-host start-up. TPU topologies and AOT compiles: bitjax.parallel.aot."""
+helpers and multi-host start-up. TPU topologies and AOT compiles: bitjax.parallel.topology;
+the table of accelerator chips (peak FLOP/s, HBM): bitjax.parallel.chips."""
 
 from bitjax.parallel.multihost import (DISTRIBUTED_MODES, global_batch, initialize_distributed,
                                        process_batch_block)

@@ -1,7 +1,7 @@
 """Training: train_and_evaluate, optimizer and schedules, metrics, checkpoints.
 
-Names load on first access, so `bitjax.train.step`, `.optim` and `.metrics` import
-without the data stack (ml_collections, grain, TFDS), as benchmarks need.
+Names load on first access, so `bitjax.train.step`, `.optim`, `.metrics` and `.tasks`
+import without the data stack (ml_collections, grain, TFDS), as benchmarks need.
 """
 
 import importlib

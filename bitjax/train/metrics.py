@@ -12,6 +12,7 @@ import uuid
 
 from absl import logging
 
+from bitjax.parallel.chips import peak_tflops
 from bitjax.train import files
 
 
@@ -83,27 +84,6 @@ class MetricWriter:
 def read_metrics(workdir: str) -> list[dict]:
   text = files.read_text(os.path.join(workdir, "metrics.jsonl"))
   return [json.loads(line) for line in text.split("\n") if line.strip()]
-
-
-# Dense bf16 peak per chip in TFLOP/s, from the vendors' spec sheets (not measured here).
-# Matched against jax's device_kind in order, so "TPU v5 lite" (v5e) comes before "TPU v5".
-PEAK_BF16_TFLOPS = (
-    ("TPU v6 lite", 918.0),  # v6e (Trillium)
-    ("TPU v5 lite", 197.0),  # v5e
-    ("TPU v5", 459.0),  # v5p
-    ("TPU v4", 275.0),
-    ("H200", 989.0),
-    ("H100", 989.0),  # SXM; the PCIe card is lower (756)
-    ("A100", 312.0),
-)
-
-
-def peak_tflops(device_kind: str) -> float | None:
-  """The chip's dense bf16 peak, or None where unknown (CPUs), so MFU is not reported."""
-  for name, peak in PEAK_BF16_TFLOPS:
-    if name.lower() in device_kind.lower():
-      return peak
-  return None
 
 
 def throughput_metrics(units_per_s: float, flops_per_unit: float, num_devices: int,

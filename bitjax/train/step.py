@@ -1,6 +1,7 @@
 """The pure pieces of a training step: train state, its sharded layout, the jitted
-step. They import only jax, flax, optax and bitjax.models / parallel, so benchmarks
-(experiments/bench/train_step.py) and the AOT compile time exactly what trains."""
+step, for any model class and loss (a task's: bitjax.train.tasks). They import only
+jax, flax, optax and bitjax.parallel, so benchmarks (experiments/bench/train_step.py)
+and the AOT compile (bitjax.train.compile) time exactly what trains."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bitjax.models import Decoder, DecoderConfig
-from bitjax.parallel import logical_sharding, make_mesh, sharded_jit, state_shardings
+from bitjax.parallel import sharded_jit, state_shardings
 
-BATCH_AXES = ("batch", "length")  # logical axes of inputs and targets
+LossFn = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -39,12 +39,12 @@ class StateLayout:
   init: Callable[[], TrainState]  # jitted: creates the state directly in its shardings
 
 
-def state_layout(model_cfg: DecoderConfig, tx: optax.GradientTransformation, seed: int,
-                 mesh: Mesh, model_class: Callable[..., nnx.Module] = Decoder) -> StateLayout:
+def state_layout(model_cfg, tx: optax.GradientTransformation, seed: int, mesh: Mesh,
+                 model_class: Callable[..., nnx.Module]) -> StateLayout:
   """Shapes by abstract evaluation, shardings from the parameters' logical axes
   (optimizer moments inherit them; step and counts are replicated), and an init that
   writes each shard on its device, so no device ever holds the full state.
-  `model_class(model_cfg, rngs=...)` builds the model (a task's; the decoder by default)."""
+  `model_class(model_cfg, rngs=...)` builds the model (a task's model_class)."""
   def create() -> TrainState:
     params = nnx.state(model_class(model_cfg, rngs=nnx.Rngs(seed)))
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
@@ -59,39 +59,21 @@ def state_layout(model_cfg: DecoderConfig, tx: optax.GradientTransformation, see
   return StateLayout(graphdef, shardings, abstract, jax.jit(create, out_shardings=shardings))
 
 
-def init_state(model_cfg: DecoderConfig, tx: optax.GradientTransformation, seed: int,
-               mesh: Mesh | None = None):
-  """The model and its optimizer state, sharded over `mesh` (default: one device);
-  returns (graphdef, TrainState)."""
-  layout = state_layout(model_cfg, tx, seed, mesh or make_mesh(devices=jax.devices()[:1]))
-  return layout.graphdef, layout.init()
-
-
-def batch_sharding(mesh: Mesh, batch_size: int, seq_len: int) -> NamedSharding:
-  return logical_sharding((batch_size, seq_len), BATCH_AXES, mesh)
-
-
 def jit_train_step(layout: StateLayout, tx, lr_schedule, mesh: Mesh, batch: NamedSharding,
-                   loss_fn=None, seed: int = 0):
-  """The jitted train step: state in and out in its shardings (donated), metrics replicated.
-  `loss_fn` and `seed` as in train_step."""
-  step = functools.partial(train_step, layout.graphdef, tx, lr_schedule,
-                           loss_fn=loss_fn or next_token_loss, seed=seed)
+                   loss_fn: LossFn, seed: int = 0):
+  """The jitted train step: state in and out in its shardings (donated), the batch in
+  `batch` (a sharding for every array), metrics replicated. `loss_fn` and `seed` as in
+  train_step."""
+  step = functools.partial(train_step, layout.graphdef, tx, lr_schedule, loss_fn=loss_fn,
+                           seed=seed)
   return sharded_jit(step, mesh,
                      in_shardings=(layout.shardings, batch),
                      out_shardings=(layout.shardings, NamedSharding(mesh, PartitionSpec())),
                      donate_argnums=0)
 
 
-def next_token_loss(model, batch, rng):
-  """The language-model loss: mean next-token cross-entropy, no extra metrics."""
-  del rng  # nothing random
-  logits = model(batch["inputs"])
-  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(), {}
-
-
 def train_step(graphdef, tx, lr_schedule, state: TrainState, batch, *,
-               loss_fn=next_token_loss, seed: int = 0):
+               loss_fn: LossFn, seed: int = 0):
   """One optimizer step on `loss_fn(model, batch, rng) -> (loss, metrics)`. The rng (for
   dropout) is derived from `seed` and the step count, so the step stays a pure function
   of (state, batch) and a resumed run draws the same keys."""

@@ -45,6 +45,7 @@ def _run_summary(config, task, model_cfg, model, num_params, eval_metrics, wall,
   return {
       "task": config.task,
       "metric": task.metric,
+      "analysis": task.analysis,
       "precision": model_cfg.precision,
       "compute_dtype": jnp.dtype(model_cfg.dtype).name,
       "params": num_params,
@@ -61,15 +62,16 @@ def _run_summary(config, task, model_cfg, model, num_params, eval_metrics, wall,
   }
 
 
-def make_config_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
+def make_config_mesh(config: ml_collections.ConfigDict, task, devices=None) -> Mesh:
   """The mesh `config.mesh` asks for over `devices` (default: all), checked against the
-  batch size; a ConfigError naming the field when they do not fit."""
+  batch size where the task splits batches by rows; a ConfigError naming the field
+  when they do not fit."""
   try:
     mesh = make_mesh(**config.mesh, devices=devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.train.batch_size % batch_shards:
+  if task.splits_rows and config.train.batch_size % batch_shards:
     raise ConfigError(
         f"config.train.batch_size={config.train.batch_size} is not divisible by the mesh's "
         f"data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {batch_shards}")
@@ -100,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
     return json.loads(files.read_text(summary_path))
 
-  mesh = make_config_mesh(config)
+  mesh = make_config_mesh(config, task)
   quantized = model_cfg.spec.quantized
   tx = make_optimizer(config.optim, tcfg.steps, quantized)
   lr_schedule = learning_rate_schedule(config.optim, tcfg.steps, quantized)
@@ -140,8 +142,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              mininterval=2.0, desc=f"{model_cfg.precision} {num_params / 1e6:.2f}M",
              unit="step", dynamic_ncols=True)
   # FLOPs per step for TFLOP/s and MFU, from the first batch's shapes (traced, not run).
-  loss_of = lambda params, batch: task.loss(nnx.merge(layout.graphdef, params), batch,
-                                            jax.random.key(0))[0]
   flops_per_step = None
   t_start = t_log = time.perf_counter()
   step_log = start
@@ -157,7 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         units_s = (step - step_log) * units_per_step / (now - t_log)
         t_log, step_log = now, step
         if flops_per_step is None:
-          flops_per_step = task.train_flops_per_step(model_cfg, loss_of, state.params, batch)
+          flops_per_step = task.train_flops_per_step(model_cfg, layout.graphdef, state.params,
+                                                     batch)
           t_log = time.perf_counter()  # tracing is not training time
         if writer:
           writer.write(step, "train", {**metrics, **task.throughput(units_s, flops_per_step)})

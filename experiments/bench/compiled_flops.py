@@ -19,14 +19,14 @@ import sys
 from types import SimpleNamespace
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bitjax.models import DecoderConfig, train_flops_per_token  # noqa: E402
-from bitjax.parallel.aot import compiled_flops, topology_mesh  # noqa: E402
+from bitjax.parallel.topology import compiled_flops, topology_mesh  # noqa: E402
 from bitjax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from bitjax.train.step import batch_sharding, jit_train_step, state_layout  # noqa: E402
+from bitjax.train.step import jit_train_step, state_layout  # noqa: E402
+from bitjax.train.tasks import get_task  # noqa: E402
 
 OPTIM = SimpleNamespace(schedule="constant", lr=1.5e-3, stage2_lr=1e-3, stage1_end_lr=None,
                         warmup_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
@@ -40,13 +40,17 @@ def compiled_over_analytic(topology: str, mesh_name: str, remat: bool, batch: in
   cfg = DecoderConfig(vocab_size=512, hidden_size=512, num_layers=2, num_heads=4,
                       mlp_hidden_size=1024, tie_embeddings=False, precision="bf16",
                       compute_dtype="bfloat16", remat=remat)
+  task = get_task(SimpleNamespace(task="lm", train=SimpleNamespace(batch_size=batch,
+                                                                   seq_len=seq_len, seed=0)))
   mesh = topology_mesh(topology, **MESHES[mesh_name])
   tx = make_optimizer(OPTIM, 100, False)
-  layout = state_layout(cfg, tx, 0, mesh)
-  batches = batch_sharding(mesh, batch, seq_len)
-  tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=batches)
-  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 100, False), mesh, batches)
-  compiled = step.lower(layout.abstract, {"inputs": tokens, "targets": tokens}).compile()
+  layout = state_layout(cfg, tx, 0, mesh, task.model_class)
+  batches = task.batch_sharding(mesh)
+  abstract_batch = {name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=batches)
+                    for name, spec in task.batch_spec().items()}
+  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 100, False), mesh, batches,
+                        task.loss)
+  compiled = step.lower(layout.abstract, abstract_batch).compile()
   analytic = train_flops_per_token(cfg, seq_len) * batch * seq_len
   loops = len(set(re.findall(r"body=%([\w.\-]*windowed_dot_general[\w.\-]*)",
                              compiled.as_text())))

@@ -5,7 +5,8 @@
   python experiments/bench/train_step.py --size tiny --batch_sizes 2,4 --steps 3  # CPU check
 
 Times the trainer's own jitted, donated step (bitjax.train.step: AdamW with clipping,
-the BF16 or b1.58 decoder) on random tokens, no data pipeline: each precision and batch
+the BF16 or b1.58 decoder), built through the LM task (bitjax.train.tasks: model class,
+loss, batch sharding and batch shapes) on random tokens, no data pipeline: each precision and batch
 size is compiled, run `--warmup` times, then timed step by step (blocking on the result)
 for `--steps` steps; the table gives the median. TFLOP/s and MFU count the analytic
 6N + attention FLOPs per token (bitjax.models.train_flops_per_token; remat's recomputation
@@ -47,11 +48,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bitjax.models import DecoderConfig, train_flops_per_token  # noqa: E402
 from bitjax.parallel import make_mesh  # noqa: E402
-from bitjax.parallel.aot import compiled_cost  # noqa: E402
-from bitjax.train.metrics import peak_tflops  # noqa: E402
+from bitjax.parallel.chips import peak_tflops  # noqa: E402
+from bitjax.parallel.topology import compiled_cost  # noqa: E402
 from bitjax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from bitjax.train.step import (batch_sharding, jit_train_step, next_token_loss,  # noqa: E402
-                               state_layout)
+from bitjax.train.step import jit_train_step, state_layout  # noqa: E402
+from bitjax.train.tasks import get_task  # noqa: E402
 
 # (hidden, GLU hidden, heads, layers, vocab, sequence): `700m` is the BitNet b1.58 paper's
 # 700M shape (configs/lm.py:700m); `tiny` only checks that the script runs.
@@ -102,14 +103,19 @@ def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int, st
   """Median seconds of the donated train step at `batch_size` (`step_s`), its compile
   time and XLA's byte count; with `breakdown` also of the loss (`forward_s`) and of its
   gradient (`backward_s`, forward included)."""
+  # The fields of a config the LM task reads; no ml_collections needed.
+  task = get_task(SimpleNamespace(task="lm", train=SimpleNamespace(batch_size=batch_size,
+                                                                   seq_len=seq_len, seed=0)))
   mesh = make_mesh(devices=jax.devices()[:1])
   tx = make_optimizer(OPTIM, 1000, cfg.spec.quantized)
-  layout = state_layout(cfg, tx, 0, mesh)
-  batches = batch_sharding(mesh, batch_size, seq_len)
-  tokens = jax.random.randint(jax.random.key(0), (batch_size, seq_len + 1), 0, cfg.vocab_size)
-  batch = jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, batches)
+  layout = state_layout(cfg, tx, 0, mesh, task.model_class)
+  batches = task.batch_sharding(mesh)
+  keys = jax.random.split(jax.random.key(0), len(task.batch_spec()))
+  batch = jax.device_put({name: jax.random.randint(key, spec.shape, 0, cfg.vocab_size, spec.dtype)
+                          for key, (name, spec) in zip(keys, task.batch_spec().items())},
+                         batches)
   step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 1000, cfg.spec.quantized),
-                        mesh, batches)
+                        mesh, batches, task.loss)
   announce(f"compiling the {cfg.precision} step, batch {batch_size}")
   start = time.perf_counter()
   compiled = step.lower(layout.abstract, batch).compile()
@@ -125,8 +131,7 @@ def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int, st
 
   result["step_s"] = median_seconds(run_step, warmup, steps)
   if breakdown:
-    loss = lambda params, batch: next_token_loss(nnx.merge(layout.graphdef, params), batch,
-                                                 None)[0]
+    loss = lambda params, batch: task.loss(nnx.merge(layout.graphdef, params), batch, None)[0]
     # The gradient's norm keeps every gradient live without returning it.
     for key, fn in (("forward_s", jax.jit(loss)),
                     ("backward_s", jax.jit(lambda p, b: optax.tree.norm(jax.grad(loss)(p, b))))):

@@ -1,8 +1,9 @@
-"""`python -m bitjax compile`: one train step compiled for a TPU slice on this machine,
-with the memory each chip needs, the FLOPs per step, and whether it fits.
+"""`python -m bitjax compile`: one train step of any task compiled for a TPU slice on
+this machine, with the memory each chip needs, the FLOPs per step, and whether it fits.
 
-The step, state layout and mesh are the trainer's own (one code path), built over
-the topology's devices from bitjax.parallel.aot instead of local ones.
+The step, state layout and mesh are the trainer's own (one code path): the config's task
+gives the model class, loss, batch sharding and the abstract batch (`Task.batch_spec`),
+built over the topology's devices from bitjax.parallel.topology instead of local ones.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bitjax.models import train_flops_per_token
-from bitjax.parallel.aot import (GIB, CompiledMemory, OutOfMemory, bytes_per_chip,
-                                 chip_hbm_bytes, compiled_flops, compiled_memory,
-                                 out_of_memory, topology_devices)
+from bitjax.parallel.chips import GIB, chip_hbm_bytes, peak_tflops
+from bitjax.parallel.topology import (CompiledMemory, OutOfMemory, bytes_per_chip,
+                                      compiled_flops, compiled_memory, out_of_memory,
+                                      topology_devices)
 from bitjax.train.config import validate_config
-from bitjax.train.metrics import peak_tflops
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
-from bitjax.train.step import batch_sharding, jit_train_step, state_layout
+from bitjax.train.step import jit_train_step, state_layout
+from bitjax.train.tasks import get_task
 from bitjax.train.trainer import make_config_mesh
 
 ADAM_STATE_BYTES = 4 + 4 + 4  # float32 parameter, first and second moment
@@ -34,18 +35,21 @@ class CompileReport:
   chips: int
   device_kind: str
   mesh: dict[str, int]
+  task: str
   precision: str
   compute_dtype: str
   params: int
   batch_size: int
-  seq_len: int
-  remat: bool
-  scan_layers: bool
+  splits_rows: bool  # the batch is split by rows over data x fsdp (a graph is replicated)
+  batch_shapes: dict[str, tuple[int, ...]]  # one global batch (Task.batch_spec)
+  remat: bool | None  # None: the model has no such option (MLP, GNN)
+  scan_layers: bool | None
   memory: CompiledMemory  # per chip; estimated from the compiler's error if it ran out
   hbm: int | None  # per chip
   out_of_memory: OutOfMemory | None  # the compiler refused: more than the HBM needed
   compiled_flops: float | None  # per chip and step, XLA's cost-model estimate
-  analytic_flops: float  # per step, all chips: train_flops_per_token x tokens
+  flops: float  # per step, all chips: the task's count (Task.train_flops_per_step)
+  flops_counted_by: str  # how the task counts them
 
   @property
   def state_lower_bound(self) -> float:
@@ -66,24 +70,24 @@ class CompileReport:
 
 def compile_train_step(config: ml_collections.ConfigDict, topology: str,
                        num_slices: int = 1) -> CompileReport:
-  """Lower and compile the trainer's step of `config` for `num_slices` slices of
-  `topology`, from abstract (sharded) state and batch: nothing is allocated."""
+  """Lower and compile the trainer's step of `config` (any task) for `num_slices` slices
+  of `topology`, from abstract (sharded) state and batch: nothing is allocated."""
   model_cfg = validate_config(config)
   if model_cfg.compute_dtype == "auto" and model_cfg.spec.compute_dtype is None:
     # "auto" means bfloat16 on accelerators; this machine's backend is not the target.
     model_cfg = dataclasses.replace(model_cfg, compute_dtype="bfloat16")
+  task = get_task(config)
   devices = topology_devices(topology, num_slices)
-  mesh = make_config_mesh(config, devices)
+  mesh = make_config_mesh(config, task, devices)
   tcfg = config.train
   quantized = model_cfg.spec.quantized
   tx = make_optimizer(config.optim, tcfg.steps, quantized)
-  layout = state_layout(model_cfg, tx, tcfg.seed, mesh)
-  batches = batch_sharding(mesh, tcfg.batch_size, tcfg.seq_len)
-  token_array = jax.ShapeDtypeStruct((tcfg.batch_size, tcfg.seq_len), jnp.int32,
-                                     sharding=batches)
+  layout = state_layout(model_cfg, tx, tcfg.seed, mesh, task.model_class)
+  batch_layout = task.batch_sharding(mesh)
+  batch = {name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=batch_layout)
+           for name, spec in task.batch_spec().items()}
   step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps, quantized),
-                        mesh, batches)
-  batch = {"inputs": token_array, "targets": token_array}
+                        mesh, batch_layout, task.loss, tcfg.seed)
   lowered = step.lower(layout.abstract, batch)
   try:
     compiled, oom = lowered.compile(), None
@@ -102,13 +106,15 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
   params = sum(math.prod(x.shape) for x in jax.tree.leaves(layout.abstract.params))
   return CompileReport(
       topology=topology, num_slices=num_slices, chips=len(devices), device_kind=device_kind,
-      mesh=dict(mesh.shape), precision=model_cfg.precision,
+      mesh=dict(mesh.shape), task=config.task, precision=model_cfg.precision,
       compute_dtype=jnp.dtype(model_cfg.dtype).name, params=params,
-      batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, remat=model_cfg.remat,
-      scan_layers=model_cfg.scan_layers, memory=memory, hbm=chip_hbm_bytes(device_kind),
-      out_of_memory=oom, compiled_flops=flops,
-      analytic_flops=float(train_flops_per_token(model_cfg, tcfg.seq_len)
-                           * tcfg.batch_size * tcfg.seq_len))
+      batch_size=tcfg.batch_size, splits_rows=task.splits_rows,
+      batch_shapes={name: tuple(spec.shape) for name, spec in batch.items()},
+      remat=getattr(model_cfg, "remat", None),
+      scan_layers=getattr(model_cfg, "scan_layers", None),
+      memory=memory, hbm=chip_hbm_bytes(device_kind), out_of_memory=oom, compiled_flops=flops,
+      flops=task.train_flops_per_step(model_cfg, layout.graphdef, layout.abstract.params, batch),
+      flops_counted_by=task.flops_counted_by)
 
 
 def fit_suggestions(report: CompileReport) -> list[str]:
@@ -122,7 +128,7 @@ def fit_suggestions(report: CompileReport) -> list[str]:
         f"shard the train state over the data axis too: --config.mesh.data=1 "
         f"--config.mesh.fsdp=-1 (state per chip {state_per_chip / GIB:.2f} GiB -> about "
         f"{report.state_lower_bound / GIB:.2f} GiB)")
-  rows_per_chip = report.batch_size // batch_shards
+  rows_per_chip = report.batch_size // batch_shards if report.splits_rows else 0
   if rows_per_chip > 1:
     room = hbm - (memory.total - memory.temporaries)
     fitting_rows = int(room // (memory.temporaries / rows_per_chip)) if room > 0 else 0
@@ -134,11 +140,29 @@ def fit_suggestions(report: CompileReport) -> list[str]:
     else:
       suggestions.append(f"a smaller batch: --config.train.batch_size={batch_shards} "
                          "(one row per batch shard)")
-  if not report.remat:
+  if report.remat is False:
     suggestions.append("recompute activations in the backward pass: --config.model.remat=True")
   suggestions.append(f"more chips (a larger --topology), or tensor parallelism "
                      f"(--config.mesh.tensor, now {mesh['tensor']})")
   return suggestions
+
+
+def describe_batch(shapes: dict[str, tuple[int, ...]]) -> str:
+  """"32 x 2048 (inputs, targets)": the arrays grouped by shape."""
+  names_by_shape = {}
+  for name, shape in shapes.items():
+    names_by_shape.setdefault(shape, []).append(name)
+  return ", ".join(f"{' x '.join(map(str, shape)) or 'scalar'} ({', '.join(names)})"
+                   for shape, names in names_by_shape.items())
+
+
+def describe_model(report: CompileReport) -> str:
+  options = [report.precision, f"compute {report.compute_dtype}"]
+  if report.remat is not None:
+    options.append(f"remat {'on' if report.remat else 'off'}")
+  if report.scan_layers is not None:
+    options.append(f"blocks {'scanned' if report.scan_layers else 'unrolled'}")
+  return f"{report.params / 1e6:,.1f}M parameters, {', '.join(options)}"
 
 
 def format_report(report: CompileReport) -> str:
@@ -152,11 +176,10 @@ def format_report(report: CompileReport) -> str:
   lines = [
       f"{report.topology}{slices}: {chips} x {report.device_kind} ({hbm})",
       "mesh: " + " x ".join(f"{axis} {size}" for axis, size in report.mesh.items())
-      + f"; batch {report.batch_size} x {report.seq_len} tokens",
-      f"model: {report.params / 1e6:,.1f}M parameters, {report.precision}, compute "
-      f"{report.compute_dtype}, remat {'on' if report.remat else 'off'}, blocks "
-      f"{'scanned' if report.scan_layers else 'unrolled'}; parameters + Adam "
-      f"moments (float32) need at least {report.state_lower_bound / GIB:.2f} GiB per chip",
+      + f"; batch {describe_batch(report.batch_shapes)}"
+      + ("" if report.splits_rows else ", replicated"),
+      f"model ({report.task}): {describe_model(report)}; parameters + Adam moments (float32) "
+      f"need at least {report.state_lower_bound / GIB:.2f} GiB per chip",
       "",
       f"memory per chip ({source}):",
       f"  arguments   {gib(memory.arguments)}  train state shard and batch rows",
@@ -167,18 +190,20 @@ def format_report(report: CompileReport) -> str:
       f"  total       {gib(memory.total)}"
       + (f"  {memory.total / report.hbm:.0%} of {report.hbm / GIB:.1f} GiB" if report.hbm else ""),
       "",
-      f"FLOPs per step: {report.analytic_flops:.3e} analytic (6 x matmul parameters + "
-      "attention, per token x tokens)",
+      f"FLOPs per step: {report.flops:.3e} {report.flops_counted_by}",
   ]
-  if report.compiled_flops is not None:
+  if report.compiled_flops is not None and not report.splits_rows:
+    lines.append(f"                {report.compiled_flops:.3e} compiled (XLA's cost model of "
+                 "one chip, which computes the whole replicated batch)")
+  elif report.compiled_flops is not None:
     loops = ("the scan over blocks and FSDP's windowed matmuls" if report.scan_layers else
              "FSDP's windowed matmuls")
     lines.append(f"                {report.compiled_flops * chips:.3e} compiled (XLA's cost "
                  f"model per chip x {chips} chips; it counts a loop body once, so {loops} "
-                 "make it low; MFU uses the analytic count)")
+                 "make it low; MFU uses the count above)")
   peak = peak_tflops(report.device_kind)
   if peak:
-    ideal = report.analytic_flops / (chips * peak * 1e12)
+    ideal = report.flops / (chips * peak * 1e12)
     lines.append(f"step time at 100% of the {peak:g} TFLOP/s peak: {ideal * 1e3:.1f} ms "
                  f"({ideal / 0.4 * 1e3:.1f} ms at 40% MFU)")
   lines.append("")

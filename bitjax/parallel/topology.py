@@ -8,7 +8,10 @@ and FLOPs are known before TPU hours are spent:
 
   mesh = topology_mesh("v5e:4x4", fsdp=-1, data=1)
   compiled = jax.jit(f, in_shardings=..., out_shardings=...).lower(*shapes).compile()
-  print(compiled_memory(compiled).total, chip_hbm_bytes(mesh.devices.flat[0].device_kind))
+  print(compiled_memory(compiled).total,
+        chips.chip_hbm_bytes(mesh.devices.flat[0].device_kind))
+
+The TPU generations and their HBM come from the one table in bitjax.parallel.chips.
 """
 
 from __future__ import annotations
@@ -21,18 +24,10 @@ import re
 import jax
 from jax.sharding import Mesh
 
+from bitjax.parallel.chips import TPU_GENERATIONS
 from bitjax.parallel.sharding import make_mesh
 
-GIB = 2**30
-# Per TPU generation (as named in topologies): jax's device_kind and HBM per chip in GiB,
-# from Google's Cloud TPU system-architecture pages.
-TPU_GENERATIONS = {
-    "v4": ("TPU v4", 32),
-    "v5e": ("TPU v5 lite", 16),
-    "v5p": ("TPU v5", 95),
-    "v6e": ("TPU v6 lite", 32),
-}
-# Chips per host as (x, y, z) bounds: 4 chips in a 2x2 block on every generation above.
+# Chips per host as (x, y, z) bounds: 4 chips in a 2x2 block on every TPU generation.
 CHIPS_PER_HOST_BOUNDS = (2, 2, 1)
 TOPOLOGY_FORMAT = re.compile(r"^(?P<generation>v\w+):(?P<shape>\d+(x\d+){1,2})$")
 
@@ -67,15 +62,6 @@ def topology_mesh(topology: str, *, data: int = -1, fsdp: int = 1, tensor: int =
   sizes; dcn_* split `num_slices` slices), ready for jax.jit(...).lower(...).compile()."""
   return make_mesh(data, fsdp, tensor, dcn_data=dcn_data, dcn_fsdp=dcn_fsdp,
                    dcn_tensor=dcn_tensor, devices=topology_devices(topology, num_slices))
-
-
-def chip_hbm_bytes(device_kind: str) -> int | None:
-  """HBM per chip of a TPU `device_kind` ("TPU v5 lite"), or None where unknown.
-  Exact match: "TPU v5" (v5p) is a prefix of "TPU v5 lite" (v5e)."""
-  for kind, gib in TPU_GENERATIONS.values():
-    if kind == device_kind:
-      return gib * GIB
-  return None
 
 
 @dataclasses.dataclass(frozen=True)
