@@ -38,6 +38,11 @@ class QuantSpec:
     return self.weight != "none" or self.act_bits is not None
 
   @property
+  def lr_recipe(self) -> str:
+    """Which learning-rate recipe of `config.optim.recipes` a model of this spec trains with."""
+    return "low_bit" if self.quantized else "full_precision"
+
+  @property
   def weight_bits(self) -> float:
     """Information per weight: log2(3) for ternary, 1 for sign, 16 otherwise."""
     return {"absmean": math.log2(3), "absmedian": math.log2(3), "sign": 1.0}.get(self.weight, 16.0)

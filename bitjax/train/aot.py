@@ -18,7 +18,7 @@ from bitjax.models import train_flops_per_token
 from bitjax.parallel.aot import (GIB, CompiledMemory, OutOfMemory, bytes_per_chip,
                                  chip_hbm_bytes, compiled_flops, compiled_memory,
                                  out_of_memory, topology_devices)
-from bitjax.train.config import validate_config
+from bitjax.train.config import model_config, resolve_config
 from bitjax.train.metrics import peak_tflops
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
 from bitjax.train.step import batch_sharding, jit_train_step, state_layout
@@ -68,20 +68,20 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
                        num_slices: int = 1) -> CompileReport:
   """Lower and compile the trainer's step of `config` for `num_slices` slices of
   `topology`, from abstract (sharded) state and batch: nothing is allocated."""
-  model_cfg = validate_config(config)
+  config = resolve_config(config)
+  model_cfg = model_config(config)
   if model_cfg.compute_dtype == "auto" and model_cfg.spec.compute_dtype is None:
     # "auto" means bfloat16 on accelerators; this machine's backend is not the target.
     model_cfg = dataclasses.replace(model_cfg, compute_dtype="bfloat16")
   devices = topology_devices(topology, num_slices)
   mesh = make_config_mesh(config, devices)
   tcfg = config.train
-  quantized = model_cfg.spec.quantized
-  tx = make_optimizer(config.optim, tcfg.steps, quantized)
+  tx = make_optimizer(config.optim, tcfg.steps)
   layout = state_layout(model_cfg, tx, tcfg.seed, mesh)
   batches = batch_sharding(mesh, tcfg.batch_size, tcfg.seq_len)
   token_array = jax.ShapeDtypeStruct((tcfg.batch_size, tcfg.seq_len), jnp.int32,
                                      sharding=batches)
-  step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps, quantized),
+  step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps),
                         mesh, batches)
   batch = {"inputs": token_array, "targets": token_array}
   lowered = step.lower(layout.abstract, batch)

@@ -41,11 +41,11 @@ def compiled_over_analytic(topology: str, mesh_name: str, remat: bool, batch: in
                       mlp_hidden_size=1024, tie_embeddings=False, precision="bf16",
                       compute_dtype="bfloat16", remat=remat)
   mesh = topology_mesh(topology, **MESHES[mesh_name])
-  tx = make_optimizer(OPTIM, 100, False)
+  tx = make_optimizer(OPTIM, 100)
   layout = state_layout(cfg, tx, 0, mesh)
   batches = batch_sharding(mesh, batch, seq_len)
   tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=batches)
-  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 100, False), mesh, batches)
+  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 100), mesh, batches)
   compiled = step.lower(layout.abstract, {"inputs": tokens, "targets": tokens}).compile()
   analytic = train_flops_per_token(cfg, seq_len) * batch * seq_len
   loops = len(set(re.findall(r"body=%([\w.\-]*windowed_dot_general[\w.\-]*)",

@@ -103,13 +103,12 @@ def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int, st
   time and XLA's byte count; with `breakdown` also of the loss (`forward_s`) and of its
   gradient (`backward_s`, forward included)."""
   mesh = make_mesh(devices=jax.devices()[:1])
-  tx = make_optimizer(OPTIM, 1000, cfg.spec.quantized)
+  tx = make_optimizer(OPTIM, 1000)
   layout = state_layout(cfg, tx, 0, mesh)
   batches = batch_sharding(mesh, batch_size, seq_len)
   tokens = jax.random.randint(jax.random.key(0), (batch_size, seq_len + 1), 0, cfg.vocab_size)
   batch = jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, batches)
-  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 1000, cfg.spec.quantized),
-                        mesh, batches)
+  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 1000), mesh, batches)
   announce(f"compiling the {cfg.precision} step, batch {batch_size}")
   start = time.perf_counter()
   compiled = step.lower(layout.abstract, batch).compile()
