@@ -144,7 +144,7 @@ class Section:
     """From a config section (a ConfigDict or dict); unknown fields are an error and
     missing ones take their defaults."""
     check_known(cls.section, fields, cls.field_names())
-    return cls(**{name: _plain(fields[name]) for name in fields})
+    return cls(**{name: fields[name] for name in fields})
 
   @classmethod
   def config_dict(cls):

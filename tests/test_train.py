@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import bitjax.data
 from bitjax.models import Decoder, DecoderConfig, quantized_kernels
 from bitjax.train import optim, train_and_evaluate
-from bitjax.train.config import (ConfigError, load_config, parse_config_arg, resolve_config,
-                                 validate_config)
+from bitjax.train.config import (ConfigError, TrainConfig, load_config, parse_config_arg,
+                                 resolve_config, validate_config)
 from bitjax.train.checkpoint import Checkpointer
 from bitjax.train.step import init_state
 from multidevice import json_result, start_processes
@@ -257,6 +257,40 @@ def test_bad_learning_rates_name_the_fields(overrides, message):
   config = load_config(f"{LM_CONFIG}:700m,precision=b1.58", overrides)
   with pytest.raises(ConfigError) as info:
     resolve_config(config)
+  assert message in str(info.value)
+
+
+def test_every_section_comes_from_its_schema():
+  """Defaults and checks of each section come from one Section dataclass."""
+  from bitjax.data.config import CorpusData
+  from bitjax.parallel import MeshConfig
+  from bitjax.train.config import default_config
+
+  config = default_config()
+  schemas = {"model": DecoderConfig, "data": CorpusData, "train": TrainConfig,
+             "mesh": MeshConfig, "optim": optim.OptimConfig}
+  for name, schema in schemas.items():
+    assert sorted(config[name]) == sorted(schema.field_names()), name
+  config.optim.lr = 2e-3  # a None default keeps its declared type, so a flag can set it
+  config.data.tfds_name = "lm1b"
+  with pytest.raises(TypeError):
+    config.optim.stage2_lr = "half"
+  config.mesh.pipeline = 2
+  with pytest.raises(ConfigError, match=r"config.mesh has unknown fields \['pipeline'\]; "
+                                        r"known: \['data', 'dcn_data'"):
+    validate_config(config)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(seed=1.5), "config.train.seed=1.5 must be an integer"),
+    (lambda: TrainConfig(progress_bar=1), "config.train.progress_bar=1 must be True or False"),
+    (lambda: TrainConfig(steps=True), "config.train.steps=True must be a positive integer"),
+    (lambda: optim.OptimConfig(lr="fast"), "config.optim.lr='fast' must be None or >= 0"),
+    (lambda: optim.OptimConfig(schedule=None), "config.optim.schedule=None is not one of"),
+])
+def test_schema_checks_types_naming_the_field(make, message):
+  with pytest.raises(ValueError) as info:
+    make()
   assert message in str(info.value)
 
 
