@@ -16,7 +16,6 @@ from bitjax.train.config import default_config, parse_config_arg
 SHAPES = {"csbm": (7, 1433), "karate_club": (2, 34), "cora": (7, 1433), "citeseer": (6, 3703),
           "pubmed": (3, 500)}
 ARCHITECTURES = ("sgc", "gcn")
-FULL_PRECISION = ("bf16", "fp16", "fp32")
 
 
 def get_config(arg: str | None = None):
@@ -38,7 +37,9 @@ def get_config(arg: str | None = None):
                       log_every=10, checkpoint_every=1000, progress_bar=False)
   # SGC's lr 0.2 (Wu et al.) was also the best 16-bit rate of {0.2, 0.02, 0.005, 0.002}
   # on the CSBM's validation nodes; quantized SGC diverges there and did best at 0.002.
-  lr = (0.2 if args.precision in FULL_PRECISION else 0.002) if sgc else 0.01
-  config.optim.update(lr=lr, stage2_lr=lr / 2, warmup_steps=0,
-                      weight_decay=5e-6 if sgc else 5e-4)
+  # The recipe follows the precision after any --config.model.* override.
+  rates = {"full_precision": 0.2 if sgc else 0.01, "low_bit": 0.002 if sgc else 0.01}
+  config.optim.update(recipes={recipe: {"lr": lr, "stage2_lr": lr / 2}
+                               for recipe, lr in rates.items()},
+                      warmup_steps=0, weight_decay=5e-6 if sgc else 5e-4)
   return config

@@ -34,7 +34,6 @@ PAPER_LR = {
     "3.9b": ((1.2e-3, 8e-4), 2e-4),
 }
 SIZES = (*CPU_SIZES, *PAPER_SIZES, "2b4t")
-QUANTIZED = ("b1.58", "b1.58-median", "1bit")
 
 
 def get_config(arg: str | None = None):
@@ -43,17 +42,16 @@ def get_config(arg: str | None = None):
     raise ValueError(f"size {args.size!r} is not one of {list(SIZES)}")
   config = default_config()
   config.model.precision = args.precision
-  quantized = args.precision in QUANTIZED
   if args.size in CPU_SIZES:
-    _cpu_scale(config, *CPU_SIZES[args.size], quantized=quantized)
+    _cpu_scale(config, *CPU_SIZES[args.size])
   elif args.size in PAPER_SIZES:
-    _paper_scale(config, args.size, quantized)
+    _paper_scale(config, args.size)
   else:
     _bitnet_2b4t(config)
   return config
 
 
-def _cpu_scale(config, hidden, layers, heads, mlp, *, quantized):
+def _cpu_scale(config, hidden, layers, heads, mlp):
   # bfloat16 compute for every precision, as on accelerators, so a comparison differs only
   # in quantization.
   config.model.update(hidden_size=hidden, num_layers=layers, num_heads=heads,
@@ -65,15 +63,18 @@ def _cpu_scale(config, hidden, layers, heads, mlp, *, quantized):
   config.optim.update(warmup_steps=30, lr=4e-3, stage2_lr=2.5e-3)
 
 
-def _paper_scale(config, size, quantized):
+def _paper_scale(config, size):
   # Pod-scale shapes scan their blocks, so a step compiles one block instead of 24 to 30.
   hidden, glu, heads, layers = PAPER_SIZES[size]
   config.model.update(hidden_size=hidden, num_layers=layers, num_heads=heads,
                       mlp_hidden_size=glu, vocab_size=32000, tie_embeddings=False, remat=True,
                       scan_layers=True)
   _paper_training(config)
+  # The peak rate follows the precision after any --config.model.* override
+  # (bitjax.train.config.resolve_config); stage2_lr only matters to the two-stage schedule.
   (lr1, lr2), llama_lr = PAPER_LR[size]
-  config.optim.update(lr=lr1 if quantized else llama_lr, stage2_lr=lr2)
+  config.optim.update(stage2_lr=lr2, recipes={"low_bit": {"lr": lr1},
+                                              "full_precision": {"lr": llama_lr}})
 
 
 def _bitnet_2b4t(config):

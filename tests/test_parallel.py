@@ -131,8 +131,8 @@ SHARDED_TRAINING = textwrap.dedent("""
     windows = ((starts + np.arange(SEQ + 1)) % 64).astype(np.int32)
     cfg = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
                         mlp_hidden_size=64, precision=sys.argv[1], compute_dtype="float32")
-    tx = make_optimizer(optim, STEPS, cfg.spec.quantized)
-    schedule = learning_rate_schedule(optim, STEPS, cfg.spec.quantized)
+    tx = make_optimizer(optim, STEPS)
+    schedule = learning_rate_schedule(optim, STEPS)
     spec = lambda array: str(array.sharding.spec)
     results = {}
     for name, mesh_args in {**MESHES, **SCANNED}.items():

@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import bitjax.data
 from bitjax.models import Decoder, DecoderConfig, quantized_kernels
 from bitjax.train import optim, train_and_evaluate
-from bitjax.train.config import load_config, parse_config_arg, validate_config
+from bitjax.train.config import (ConfigError, TrainConfig, load_config, parse_config_arg,
+                                 resolve_config, validate_config)
 from bitjax.train.checkpoint import Checkpointer
 from bitjax.parallel import make_mesh
 from bitjax.train.step import state_layout
@@ -75,7 +76,7 @@ def test_validation_loss_falls_clearly(trained, precision):
 
 def restore_model(config, workdir):
   model_cfg = DecoderConfig.from_mapping(config.model)
-  tx = optim.make_optimizer(config.optim, config.train.steps, model_cfg.spec.quantized)
+  tx = optim.make_optimizer(resolve_config(config).optim, config.train.steps)
   layout = state_layout(model_cfg, tx, 123, make_mesh(devices=jax.devices()[:1]), Decoder)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 2)
   state, _ = ckpt.restore(ckpt.latest_step(), layout.abstract)
@@ -126,6 +127,25 @@ def test_workdir_from_before_a_field_existed_resumes_while_it_holds_its_default(
     train_and_evaluate(scanned, str(old))
 
 
+def test_config_json_holds_the_derived_fields_and_earlier_versions_resume(trained, tmp_path):
+  """config.json holds the resolved schedule and rates. A workdir of a version that
+  derived them at run time (schedule 'auto', stage1_end_lr None) still resumes."""
+  config, workdir, summary = trained["b1.58"]
+  saved = json.loads(open(os.path.join(workdir, "config.json")).read())
+  assert saved["optim"]["schedule"] == "two_stage" and "recipes" not in saved["optim"]
+  assert (saved["optim"]["lr"], saved["optim"]["stage2_lr"]) == (4e-3, 2.5e-3)
+  assert saved["optim"]["stage1_end_lr"] == 0.5 * (4e-3 + 2.5e-3)
+  old = tmp_path / "old_run"
+  shutil.copytree(workdir, old)
+  saved["optim"].update(schedule="auto", stage1_end_lr=None)
+  (old / "config.json").write_text(json.dumps(saved))
+  assert train_and_evaluate(config, str(old)) == summary  # finished: read back, not retrained
+  slower = small_config(config.data.data_dir, "b1.58", **{"optim.stage1_end_lr": 1e-3})
+  with pytest.raises(ValueError, match=r"different config \(optim.stage1_end_lr: "
+                                       r"0.00325\d* -> 0.001\)"):
+    train_and_evaluate(slower, str(old))
+
+
 def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypatch):
   config, _, straight = trained["b1.58"]
   make_iterator = bitjax.data.make_train_iterator
@@ -147,11 +167,10 @@ def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypat
 
 
 def test_two_stage_schedule_matches_its_formula():
-  o = SimpleNamespace(schedule="auto", lr=3e-3, stage2_lr=1e-3, stage1_end_lr=None,
-                      warmup_steps=10, weight_decay=0.1)
+  o = optim.OptimConfig(lr=3e-3, stage2_lr=1e-3, warmup_steps=10, weight_decay=0.1)
   total = 100
-  lr = optim.learning_rate_schedule(o, total, quantized=True)
-  wd = optim.weight_decay_schedule(o, total, quantized=True)
+  lr = optim.learning_rate_schedule(o.resolved("low_bit"), total)
+  wd = optim.weight_decay_schedule(o.resolved("low_bit"), total)
   steps = np.arange(total)
   expected = np.where(
       steps < 10, 3e-3 * (steps + 1) / 10,
@@ -159,16 +178,19 @@ def test_two_stage_schedule_matches_its_formula():
                1e-3 * (1 - (steps - 50) / 50)))
   np.testing.assert_allclose([float(lr(s)) for s in steps], expected, rtol=1e-5, atol=1e-9)
   assert [float(wd(s)) for s in (0, 49, 50, 99)] == pytest.approx([0.1, 0.1, 0.0, 0.0])
-  linear = optim.learning_rate_schedule(o, total, quantized=False)
+  linear = optim.learning_rate_schedule(o.resolved("full_precision"), total)
   assert float(linear(55)) == pytest.approx(3e-3 * (1 - 45 / 90))
-  assert float(optim.weight_decay_schedule(o, total, quantized=False)(99)) == pytest.approx(0.1)
+  assert float(optim.weight_decay_schedule(o.resolved("full_precision"), total)(99)) == \
+      pytest.approx(0.1)
+  with pytest.raises(ValueError, match="config.optim is not resolved"):
+    optim.learning_rate_schedule(o, total)
 
 
 def test_weight_decay_skips_norm_scales_and_stops_in_stage_two():
   o = SimpleNamespace(schedule="two_stage", lr=1e-2, stage2_lr=1e-2, stage1_end_lr=1e-2,
                       warmup_steps=0, weight_decay=0.5, b1=0.9, b2=0.95, eps=1e-8,
                       grad_clip=1.0)
-  tx = optim.make_optimizer(o, total_steps=4, quantized=True)
+  tx = optim.make_optimizer(o, total_steps=4)
   params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones(2)}
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -203,6 +225,81 @@ def test_bad_configs_fail_naming_the_field(spec, overrides, message):
   with pytest.raises(ValueError) as info:
     validate_config(load_config(f"{LM_CONFIG}:{spec}", overrides))
   assert message in str(info.value)
+
+
+def test_learning_rate_recipe_follows_the_precision_after_overrides():
+  """The paper presets pick their rates by the final precision: a precision override
+  gets the b1.58 recipe, and a rate set explicitly still wins."""
+  resolved = lambda spec, **overrides: resolve_config(load_config(f"{LM_CONFIG}:{spec}",
+                                                                  overrides)).optim
+  rates = lambda o: (o.schedule, o.lr, o.stage2_lr, o.stage1_end_lr)
+  assert rates(resolved("700m")) == ("linear", 2.5e-4, 1e-3, None)
+  quantized = resolved("700m", **{"model.precision": "b1.58"})
+  assert rates(quantized) == ("two_stage", 1.5e-3, 1e-3, 0.5 * (1.5e-3 + 1e-3))
+  assert rates(quantized) == rates(resolved("700m,precision=b1.58"))
+  # Weight-only ternary is quantized too, so it trains with the low-bit recipe.
+  assert resolved("1.3b", **{"model.weight_quant": "absmean"}).lr == 1.2e-3
+  assert resolved("700m", **{"model.precision": "b1.58", "optim.lr": 2e-3}).lr == 2e-3
+  assert resolved("700m", **{"optim.recipes.full_precision.lr": 3e-4}).lr == 3e-4
+  assert resolved("700m,precision=b1.58", **{"optim.schedule": "cosine"}).schedule == "cosine"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optim.lr": 5e-4}, "config.optim.stage2_lr=0.001 exceeds config.optim.lr=0.0005"),
+    ({"optim.lr": 5e-4, "optim.stage2_lr": 8e-4},
+     "config.optim.stage2_lr=0.0008 exceeds config.optim.lr=0.0005"),
+    ({"optim.recipes": {"low_bit": {"rate": 1e-3}}},
+     "config.optim.recipes.low_bit has unknown fields ['rate']"),
+    ({"optim.recipes": {"int4": {"lr": 1e-3}}}, "config.optim.recipes has unknown fields ['int4']"),
+    ({"optim.recipes.low_bit.lr": -1.0}, "config.optim.recipes.low_bit.lr=-1.0 must be"),
+    ({"optim.warmup_steps": -1}, "config.optim.warmup_steps=-1 must be an integer >= 0"),
+])
+def test_bad_learning_rates_name_the_fields(overrides, message):
+  config = load_config(f"{LM_CONFIG}:700m,precision=b1.58", overrides)
+  with pytest.raises(ConfigError) as info:
+    resolve_config(config)
+  assert message in str(info.value)
+
+
+def test_every_section_comes_from_its_schema():
+  """Defaults and checks of each section come from one Section dataclass."""
+  from bitjax.data.config import CorpusData
+  from bitjax.parallel import MeshConfig
+  from bitjax.train.config import default_config
+
+  config = default_config()
+  schemas = {"model": DecoderConfig, "data": CorpusData, "train": TrainConfig,
+             "mesh": MeshConfig, "optim": optim.OptimConfig}
+  for name, schema in schemas.items():
+    assert sorted(config[name]) == sorted(schema.field_names()), name
+  config.optim.lr = 2e-3  # a None default keeps its declared type, so a flag can set it
+  config.data.tfds_name = "lm1b"
+  with pytest.raises(TypeError):
+    config.optim.stage2_lr = "half"
+  config.mesh.pipeline = 2
+  with pytest.raises(ConfigError, match=r"config.mesh has unknown fields \['pipeline'\]; "
+                                        r"known: \['data', 'dcn_data'"):
+    validate_config(config)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(seed=1.5), "config.train.seed=1.5 must be an integer"),
+    (lambda: TrainConfig(progress_bar=1), "config.train.progress_bar=1 must be True or False"),
+    (lambda: TrainConfig(steps=True), "config.train.steps=True must be a positive integer"),
+    (lambda: optim.OptimConfig(lr="fast"), "config.optim.lr='fast' must be None or >= 0"),
+    (lambda: optim.OptimConfig(schedule=None), "config.optim.schedule=None is not one of"),
+])
+def test_schema_checks_types_naming_the_field(make, message):
+  with pytest.raises(ValueError) as info:
+    make()
+  assert message in str(info.value)
+
+
+def test_resolving_keeps_the_given_config_and_is_idempotent():
+  config = load_config(f"{LM_CONFIG}:3b,precision=1bit")
+  resolved = resolve_config(config)
+  assert config.optim.lr is None and config.optim.schedule == "auto"
+  assert resolve_config(resolved).to_dict() == resolved.to_dict()
 
 
 def test_every_size_preset_is_a_valid_config():

@@ -1,62 +1,83 @@
-"""The `config.data` section: defaults and up-front validation.
+"""The language-model corpus fields of `config.data`: schema, defaults, validation.
 
-Fields are read by attribute access, so an `ml_collections.ConfigDict` and a
-`types.SimpleNamespace` both work.
+`CorpusData` is the schema (a `bitjax.schema.Section`); tasks made from the corpus
+subclass it with their own fields. The pipelines read fields by attribute access,
+so an `ml_collections.ConfigDict` and a `types.SimpleNamespace` both work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import ClassVar
 
 from bitjax.data import corpus
 from bitjax.data import tokenizers
+from bitjax.schema import NON_EMPTY_STR, NON_NEGATIVE_INT, Section, check_one_of, field
+from bitjax.schema import optional  # noqa: F401  (the tasks' data_section uses it)
 
 DATASETS = ("stdlib", "text_dir", "tfds")
-FIELDS = (
-    "name",
-    "data_dir",
-    "text_dir",
-    "text_glob",
-    "tfds_name",
-    "text_key",
-    "train_split",
-    "eval_split",
-    "tokenizer",
-    "shuffle_window",
-)
 # Features of the examples that the stdlib and text_dir builders write.
 CORPUS_FEATURES = ("path", "text")
 
 
-def optional(field_type: type):
-  """A None config default that keeps a type, so `--config.x=...` can still set it."""
-  import ml_collections
+@dataclasses.dataclass(frozen=True)
+class CorpusData(Section):
+  """Schema of the corpus fields of `config.data`: the offline stdlib corpus, bytes."""
 
-  return ml_collections.FieldReference(None, field_type=field_type)
+  section: ClassVar[str] = "data"
+
+  name: str = field("stdlib", allowed=DATASETS)
+  # Where TFDS datasets are built and read; None: $TFDS_DATA_DIR or
+  # ~/tensorflow_datasets. May be a gs:// path.
+  data_dir: str | None = field(None, rule=NON_EMPTY_STR)
+  # For name='text_dir': the directory and a recursive glob inside it.
+  text_dir: str | None = field(None, rule=NON_EMPTY_STR)
+  text_glob: str = field("**/*.txt", rule=NON_EMPTY_STR)
+  # For name='tfds': e.g. 'lm1b' or 'c4/en', prepared as array_record.
+  tfds_name: str | None = field(None, rule=NON_EMPTY_STR)
+  text_key: str = field("text", rule=NON_EMPTY_STR)
+  train_split: str = field("train", rule=NON_EMPTY_STR)
+  eval_split: str = field("validation", rule=NON_EMPTY_STR)
+  tokenizer: str = field("byte", allowed=tokenizers.TOKENIZERS)
+  # Training windows are shuffled within blocks of this many windows, so a
+  # batch mixes many documents instead of consecutive pieces of one; 0: off.
+  shuffle_window: int = field(2048, rule=NON_NEGATIVE_INT)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.data_dir is not None:
+      local = os.path.expanduser(self.data_dir)
+      if "://" not in self.data_dir and os.path.exists(local) and not os.path.isdir(local):
+        raise self.error("data_dir", "exists but is not a directory")
+    if self.name == "tfds":
+      if self.tfds_name is None:
+        raise self.error("tfds_name", "must be a non-empty string when config.data.name='tfds'")
+      return
+    check_one_of("data.text_key", self.text_key, CORPUS_FEATURES)
+    for name in ("train_split", "eval_split"):
+      # TFDS slicing such as 'train[:10%]' is allowed after a valid split name.
+      check_one_of(f"data.{name}", getattr(self, name).split("[")[0], corpus.SPLITS)
+    if self.name == "text_dir":
+      if self.text_dir is None:
+        raise self.error("text_dir", "must name a directory when config.data.name='text_dir'")
+      text_dir_files(self.text_dir, self.text_glob)
 
 
 def default_data_config():
-  """The data section with its defaults: the offline stdlib corpus, bytes."""
-  import ml_collections  # Deferred: only configs need it, not the pipelines.
+  """The corpus fields with their defaults, as a ConfigDict section."""
+  return CorpusData.config_dict()
 
-  return ml_collections.ConfigDict({
-      "name": "stdlib",
-      # Where TFDS datasets are built and read; None: $TFDS_DATA_DIR or
-      # ~/tensorflow_datasets. May be a gs:// path.
-      "data_dir": optional(str),
-      # For name='text_dir': the directory and a recursive glob inside it.
-      "text_dir": optional(str),
-      "text_glob": "**/*.txt",
-      # For name='tfds': e.g. 'lm1b' or 'c4/en', prepared as array_record.
-      "tfds_name": optional(str),
-      "text_key": "text",
-      "train_split": "train",
-      "eval_split": "validation",
-      "tokenizer": "byte",
-      # Training windows are shuffled within blocks of this many windows, so a
-      # batch mixes many documents instead of consecutive pieces of one; 0: off.
-      "shuffle_window": 2048,
-  })
+
+def validate_data_config(data_config) -> CorpusData:
+  """Checks the corpus fields of a data section (a task's own fields are its schema's
+  to check); ValueError naming the first bad one. The pipelines read every field, so a
+  missing one is an error here rather than a default."""
+  names = CorpusData.field_names()
+  missing = [name for name in names if not hasattr(data_config, name)]
+  if missing:
+    raise ValueError(f"config.data is missing field(s) {missing}; expected {list(names)}")
+  return CorpusData(**{name: getattr(data_config, name) for name in names})
 
 
 def resolve_data_dir(data_config) -> str:
@@ -79,56 +100,3 @@ def text_dir_files(text_dir: str, pattern: str) -> list[str]:
         " train, one for validation)"
     )
   return files
-
-
-def _nonempty_str(data_config, field: str) -> str:
-  value = getattr(data_config, field)
-  if not isinstance(value, str) or not value:
-    raise ValueError(
-        f"config.data.{field}={value!r} must be a non-empty string"
-    )
-  return value
-
-
-def _one_of(field: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(
-        f"config.data.{field}={value!r} is not one of {sorted(allowed)}"
-    )
-
-
-def validate_data_config(data_config) -> None:
-  """Checks every field of the data section; ValueError naming the first bad one."""
-  missing = [f for f in FIELDS if not hasattr(data_config, f)]
-  if missing:
-    raise ValueError(
-        f"config.data is missing field(s) {missing}; expected {list(FIELDS)}"
-    )
-  _one_of("name", data_config.name, DATASETS)
-  _one_of("tokenizer", data_config.tokenizer, tokenizers.TOKENIZERS)
-  window = data_config.shuffle_window
-  if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-    raise ValueError(
-        f"config.data.shuffle_window={window!r} must be an integer >= 0"
-    )
-  if data_config.data_dir is not None:
-    data_dir = _nonempty_str(data_config, "data_dir")
-    local = os.path.expanduser(data_dir)
-    if "://" not in data_dir and os.path.exists(local) and not os.path.isdir(local):
-      raise ValueError(
-          f"config.data.data_dir={data_dir!r} exists but is not a directory"
-      )
-  text_key = _nonempty_str(data_config, "text_key")
-  splits = [_nonempty_str(data_config, f) for f in ("train_split", "eval_split")]
-  if data_config.name == "tfds":
-    _nonempty_str(data_config, "tfds_name")
-    return
-  _one_of("text_key", text_key, CORPUS_FEATURES)
-  for field, split in zip(("train_split", "eval_split"), splits):
-    # TFDS slicing such as 'train[:10%]' is allowed after a valid split name.
-    _one_of(field, split.split("[")[0], corpus.SPLITS)
-  if data_config.name == "text_dir":
-    text_dir_files(
-        _nonempty_str(data_config, "text_dir"),
-        _nonempty_str(data_config, "text_glob"),
-    )

@@ -19,26 +19,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitjax.models.encoder import check_token_id
-from bitjax.models.precision import field_error
 from bitjax.models.transformer import (TransformerConfig, apply_layers, make_layers,
                                        positions_like, zero_padding)
 from bitjax.nn import Embed, make_norm
+from bitjax.schema import POSITIVE_INT, field
 
 
 @dataclasses.dataclass(frozen=True)
 class EncDecConfig(TransformerConfig):
   """Schema of `config.model` for the encoder-decoder; `num_layers` is the encoder's."""
 
-  num_decoder_layers: int | None = None  # None: as many as num_layers
+  num_decoder_layers: int | None = field(None, rule=POSITIVE_INT)  # None: as many as num_layers
   pad_id: int = 0  # the byte tokenizer's pad, bos and eos
   decoder_start_id: int = 1
   eos_id: int = 2
 
   def __post_init__(self):
     super().__post_init__()
-    layers = self.num_decoder_layers
-    if layers is not None and (not isinstance(layers, int) or layers <= 0):
-      raise field_error("num_decoder_layers", layers, "must be None or a positive integer")
     for name in ("pad_id", "decoder_start_id", "eos_id"):
       check_token_id(self, name)
 

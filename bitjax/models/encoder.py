@@ -18,31 +18,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.precision import field_error
 from bitjax.models.transformer import (TransformerConfig, apply_layers, make_layers,
                                        positions_like, zero_padding)
 from bitjax.nn import BitDense, Embed, make_norm
+from bitjax.schema import Rule, field
 
 
-def check_token_id(cfg, name: str) -> None:
-  value = getattr(cfg, name)
-  if not isinstance(value, int) or not 0 <= value < cfg.vocab_size:
-    raise field_error(name, value, f"must be a token id in [0, config.model.vocab_size="
-                      f"{cfg.vocab_size})")
+def check_token_id(cfg: TransformerConfig, name: str) -> None:
+  if not 0 <= getattr(cfg, name) < cfg.vocab_size:
+    raise cfg.error(name, f"must be a token id in [0, config.model.vocab_size={cfg.vocab_size})")
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(TransformerConfig):
   """Schema of `config.model` for the encoder; validated on construction."""
 
-  num_classes: int = 0  # 0: no classification head (masked-LM pretraining only)
+  # 0: no classification head (masked-LM pretraining only)
+  num_classes: int = field(0, rule=Rule(lambda n: n >= 0,
+                                        "an integer >= 0 (0: no classification head)"))
   pad_id: int = 0  # the byte tokenizer's; marks padding when no mask is passed
 
   def __post_init__(self):
     super().__post_init__()
-    if not isinstance(self.num_classes, int) or self.num_classes < 0:
-      raise field_error("num_classes", self.num_classes,
-                        "must be an integer >= 0 (0: no classification head)")
     check_token_id(self, "pad_id")
 
 

@@ -24,30 +24,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.mlp import check_dropout, check_hidden_sizes, dense_stack, dropout
-from bitjax.models.precision import ModelConfig, check_one_of, check_positive_ints
+from bitjax.models.mlp import DROPOUT_RATE, dense_stack, dropout
+from bitjax.models.precision import ModelConfig
+from bitjax.schema import POSITIVE_INT, Rule, field
 
 GNN_ARCHITECTURES = ("sgc", "gcn")
+LAYER_SIZES = Rule(lambda sizes: all(s > 0 for s in sizes), "a tuple of positive integers")
 
 
 @dataclasses.dataclass(frozen=True)
 class GNNConfig(ModelConfig):
   """Schema of `config.model` for the GNN; validated on construction."""
 
-  architecture: str = "sgc"
-  input_dim: int = 1433  # Cora's bag of words
-  num_classes: int = 7
-  propagation_steps: int = 2  # SGC's K (a GCN propagates once per layer instead)
-  hidden_sizes: tuple[int, ...] = ()  # SGC: () is logistic regression; GCN: e.g. (64,)
+  architecture: str = field("sgc", allowed=GNN_ARCHITECTURES)
+  input_dim: int = field(1433, rule=POSITIVE_INT)  # Cora's bag of words
+  num_classes: int = field(7, rule=POSITIVE_INT)
+  # SGC's K (a GCN propagates once per layer instead)
+  propagation_steps: int = field(2, rule=POSITIVE_INT)
+  # SGC: () is logistic regression; GCN: e.g. (64,)
+  hidden_sizes: tuple[int, ...] = field((), rule=LAYER_SIZES)
   use_bias: bool = False
-  dropout: float = 0.0  # on every dense layer's input while training (GCN: 0.5)
-
-  def __post_init__(self):
-    check_one_of(self, "architecture", GNN_ARCHITECTURES)
-    check_positive_ints(self, "input_dim", "num_classes", "propagation_steps")
-    check_hidden_sizes(self, allow_empty=True)
-    check_dropout(self)
-    super().__post_init__()
+  # on every dense layer's input while training (GCN: 0.5)
+  dropout: float = field(0.0, rule=DROPOUT_RATE)
 
 
 def normalized_adjacency(senders: jax.Array, receivers: jax.Array, edge_mask: jax.Array,

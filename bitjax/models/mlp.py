@@ -18,30 +18,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.precision import ModelConfig, check_positive_ints, field_error
+from bitjax.models.precision import ModelConfig
 from bitjax.nn import BitDense
+from bitjax.schema import POSITIVE_INT, Rule, field
+
+DROPOUT_RATE = Rule(lambda rate: 0 <= rate < 1, "a rate in [0, 1)")
+HIDDEN_SIZES = Rule(lambda sizes: len(sizes) > 0 and all(s > 0 for s in sizes),
+                    "a non-empty tuple of positive integers")
 
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig(ModelConfig):
   """Schema of `config.model` for the MLP; validated on construction."""
 
-  input_dim: int = 64
-  num_classes: int = 10
-  hidden_sizes: tuple[int, ...] = (1024,)  # one entry: WideMLP; more: a deeper MLP
+  input_dim: int = field(64, rule=POSITIVE_INT)
+  num_classes: int = field(10, rule=POSITIVE_INT)
+  # one entry: WideMLP; more: a deeper MLP
+  hidden_sizes: tuple[int, ...] = field((1024,), rule=HIDDEN_SIZES)
   use_bias: bool = False  # BitNet layers have none; the paper's 16-bit baselines do
-  dropout: float = 0.0  # on every layer's input while training (WideMLP: 0.5)
-
-  def __post_init__(self):
-    check_positive_ints(self, "input_dim", "num_classes")
-    check_hidden_sizes(self)
-    check_dropout(self)
-    super().__post_init__()
-
-
-def check_dropout(cfg) -> None:
-  if not isinstance(cfg.dropout, (int, float)) or not 0 <= cfg.dropout < 1:
-    raise field_error("dropout", cfg.dropout, "must be a rate in [0, 1)")
+  # on every layer's input while training (WideMLP: 0.5)
+  dropout: float = field(0.0, rule=DROPOUT_RATE)
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -51,16 +47,6 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return x
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def check_hidden_sizes(cfg, *, allow_empty: bool = False) -> None:
-  """`cfg.hidden_sizes` must be a tuple (or list, stored as a tuple) of positive integers."""
-  sizes = cfg.hidden_sizes
-  if (not isinstance(sizes, (tuple, list)) or (not sizes and not allow_empty)
-      or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
-    raise field_error("hidden_sizes", sizes, "must be a " + ("" if allow_empty else "non-empty ")
-                      + "tuple of positive integers")
-  object.__setattr__(cfg, "hidden_sizes", tuple(sizes))
 
 
 def hidden_axis(index: int) -> str:

@@ -3,16 +3,15 @@ preset from the one table (`bitjax.quant.PRECISIONS`), and the forward-pass
 weights and weight memory a preset implies.
 
 Every model config (decoder, mlp, gnn, encoder, encdec) is a `ModelConfig`
-subclass, so the precision fields, their validation and `from_mapping` exist
-once; a model turns `cfg.spec` into BitDense layers the same way everywhere.
+subclass, a `bitjax.schema.Section`, so the precision fields and their validation
+exist once; a model turns `cfg.spec` into BitDense layers the same way everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import ClassVar
 
 import jax
 from flax import nnx
@@ -20,57 +19,32 @@ from flax import nnx
 from bitjax.nn import NORM_TYPES, BitDense, resolve_dtype
 from bitjax.nn.params import DTYPES
 from bitjax.quant import PRECISIONS, QuantSpec, resolve_precision
+from bitjax.schema import Section, field
 
 COMPUTE_DTYPES = ("auto", *DTYPES)
 
 
-def field_error(field: str, value, requirement: str) -> ValueError:
-  """The one message format for a bad model field: `config.model.X=value requirement`."""
-  return ValueError(f"config.model.{field}={value!r} {requirement}")
-
-
-def check_positive_ints(cfg, *names: str) -> None:
-  for name in names:
-    value = getattr(cfg, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise field_error(name, value, "must be a positive integer")
-
-
-def check_one_of(cfg, name: str, allowed) -> None:
-  value = getattr(cfg, name)
-  if value not in allowed:
-    raise field_error(name, value, f"is not one of {list(allowed)}")
-
-
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
   """The precision fields of `config.model`; subclasses add the architecture."""
 
-  precision: str = "bf16"
+  section: ClassVar[str] = "model"
+
+  precision: str = field("bf16", allowed=PRECISIONS)
   weight_quant: str | None = None  # None: the preset's; else a name in WEIGHT_QUANTIZERS
   act_bits: int | None = None  # None: the preset's; 0: no activation quantization
   act_granularity: str | None = None  # None: the preset's; "token" or "tensor"
-  norm: str = "rms"
+  norm: str = field("rms", allowed=NORM_TYPES)
   norm_eps: float = 1e-6
-  compute_dtype: str = "auto"  # auto: the preset's dtype, else bf16 on accelerators / f32 on CPU
+  # auto: the preset's dtype, else bf16 on accelerators / f32 on CPU
+  compute_dtype: str = field("auto", allowed=COMPUTE_DTYPES)
 
   def __post_init__(self):
-    check_one_of(self, "norm", NORM_TYPES)
-    check_one_of(self, "compute_dtype", COMPUTE_DTYPES)
-    check_one_of(self, "precision", PRECISIONS)
+    super().__post_init__()
     try:
       self.spec
     except ValueError as e:
       raise ValueError(f"config.model.{e}") from None
-
-  @classmethod
-  def from_mapping(cls, fields: Mapping[str, Any]):
-    """From `config.model` (a ConfigDict or dict); unknown keys are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f"config.model has unknown fields {unknown}; known: {sorted(known)}")
-    return cls(**dict(fields))
 
   @property
   def spec(self) -> QuantSpec:

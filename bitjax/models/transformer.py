@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.precision import ModelConfig, check_one_of, check_positive_ints, field_error
+from bitjax.models.precision import ModelConfig
 from bitjax.nn import Attention, BitDense, make_norm
 from bitjax.parallel.sharding import with_logical_constraint
+from bitjax.schema import POSITIVE_INT, field
 
 MLP_TYPES = ("swiglu", "relu2_glu", "relu2")
 HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of the hidden states
@@ -27,14 +28,14 @@ HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of the hidden states
 class TransformerConfig(ModelConfig):
   """Architecture fields shared by every Transformer's `config.model`."""
 
-  vocab_size: int = 264
-  hidden_size: int = 128
-  num_layers: int = 2
-  num_heads: int = 4
-  num_kv_heads: int | None = None  # None: as many as num_heads (no GQA)
-  head_dim: int | None = None  # None: hidden_size // num_heads
-  mlp_hidden_size: int = 512
-  mlp_type: str = "swiglu"
+  vocab_size: int = field(264, rule=POSITIVE_INT)
+  hidden_size: int = field(128, rule=POSITIVE_INT)
+  num_layers: int = field(2, rule=POSITIVE_INT)
+  num_heads: int = field(4, rule=POSITIVE_INT)
+  num_kv_heads: int | None = field(None, rule=POSITIVE_INT)  # None: num_heads (no GQA)
+  head_dim: int | None = field(None, rule=POSITIVE_INT)  # None: hidden_size // num_heads
+  mlp_hidden_size: int = field(512, rule=POSITIVE_INT)
+  mlp_type: str = field("swiglu", allowed=MLP_TYPES)
   rope_theta: float = 10000.0
   remat: bool = False
   # Store the blocks stacked on a leading `layers` axis and run them with a scan: the step
@@ -42,18 +43,14 @@ class TransformerConfig(ModelConfig):
   scan_layers: bool = False
 
   def __post_init__(self):
-    check_positive_ints(self, "vocab_size", "hidden_size", "num_layers", "num_heads",
-                        "mlp_hidden_size")
-    if self.head_dim is None and self.hidden_size % self.num_heads:
-      raise field_error("hidden_size", self.hidden_size,
-                        f"is not divisible by config.model.num_heads={self.num_heads}")
-    if self.num_heads % self.kv_heads:
-      raise field_error("num_kv_heads", self.num_kv_heads,
-                        f"must divide config.model.num_heads={self.num_heads}")
-    if self.head_size % 2:
-      raise field_error("head_dim", self.head_size, "must be even for rotary embeddings")
-    check_one_of(self, "mlp_type", MLP_TYPES)
     super().__post_init__()
+    if self.head_dim is None and self.hidden_size % self.num_heads:
+      raise self.error("hidden_size",
+                       f"is not divisible by config.model.num_heads={self.num_heads}")
+    if self.num_heads % self.kv_heads:
+      raise self.error("num_kv_heads", f"must divide config.model.num_heads={self.num_heads}")
+    if self.head_size % 2:
+      raise self.error("head_dim", "must be even for rotary embeddings", self.head_size)
 
   @property
   def kv_heads(self) -> int:

@@ -4,11 +4,11 @@ the table of accelerator chips (peak FLOP/s, HBM): bitjax.parallel.chips."""
 
 from bitjax.parallel.multihost import (DISTRIBUTED_MODES, global_batch, initialize_distributed,
                                        process_batch_block)
-from bitjax.parallel.sharding import (LOGICAL_RULES, MESH_AXES, MESH_FIELDS, check_mesh_fields,
+from bitjax.parallel.sharding import (LOGICAL_RULES, MESH_AXES, MESH_FIELDS, MeshConfig,
                                       logical_sharding, logical_to_spec, make_mesh, sharded_jit,
                                       state_shardings, with_logical_constraint)
 
-__all__ = ["DISTRIBUTED_MODES", "LOGICAL_RULES", "MESH_AXES", "MESH_FIELDS", "check_mesh_fields",
+__all__ = ["DISTRIBUTED_MODES", "LOGICAL_RULES", "MESH_AXES", "MESH_FIELDS", "MeshConfig",
            "global_batch", "initialize_distributed", "logical_sharding", "logical_to_spec",
            "make_mesh", "process_batch_block", "sharded_jit", "state_shardings",
            "with_logical_constraint"]

@@ -8,8 +8,10 @@ name is split over.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -17,9 +19,35 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from bitjax.schema import Rule, Section, field
+
 MESH_AXES = ("data", "fsdp", "tensor")
-# The fields of config.mesh: sizes within a slice (ICI) and across slices (DCN).
-MESH_FIELDS = (*MESH_AXES, *(f"dcn_{axis}" for axis in MESH_AXES))
+MESH_SIZE = Rule(lambda size: size >= 1 or size == -1, "a positive integer or -1 (fill)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(Section):
+  """Schema of `config.mesh`: axis sizes within a slice (ICI: data, fsdp, tensor) and
+  across slices (DCN: dcn_*); one size per group may be -1 to take what is left."""
+
+  section: ClassVar[str] = "mesh"
+
+  data: int = field(-1, rule=MESH_SIZE)
+  fsdp: int = field(1, rule=MESH_SIZE)
+  tensor: int = field(1, rule=MESH_SIZE)
+  dcn_data: int = field(1, rule=MESH_SIZE)
+  dcn_fsdp: int = field(1, rule=MESH_SIZE)
+  dcn_tensor: int = field(1, rule=MESH_SIZE)
+
+  def __post_init__(self):
+    super().__post_init__()
+    for group in (MESH_AXES, MESH_FIELDS[3:]):
+      fill = [f"config.mesh.{name}" for name in group if getattr(self, name) == -1]
+      if len(fill) > 1:
+        raise ValueError(f"only one mesh axis may be -1 among {', '.join(fill)}")
+
+
+MESH_FIELDS = MeshConfig.field_names()
 
 # Logical axis -> mesh axis (or a tuple of them, or None for replicated). A mesh axis
 # serves at most one dimension of an array, so activations [batch, length, embed] keep
@@ -35,18 +63,6 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("layers", None),  # the stacked blocks of config.model.scan_layers
 )
-
-
-def check_mesh_fields(sizes: Mapping[str, int]) -> None:
-  """Each size a positive integer or -1, at most one -1 within a slice and one across."""
-  for name in MESH_FIELDS:
-    size = sizes[name]
-    if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
-      raise ValueError(f"config.mesh.{name}={size!r} must be a positive integer or -1 (fill)")
-  for group in (MESH_AXES, MESH_FIELDS[3:]):
-    fill = [f"config.mesh.{name}" for name in group if sizes[name] == -1]
-    if len(fill) > 1:
-      raise ValueError(f"only one mesh axis may be -1 among {', '.join(fill)}")
 
 
 def _fill(sizes: dict[str, int], total: int, what: str) -> dict[str, int]:
@@ -72,8 +88,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, dcn_data: int =
   jax.make_mesh's default differs between JAX versions.
   """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = dict(zip(MESH_FIELDS, (data, fsdp, tensor, dcn_data, dcn_fsdp, dcn_tensor)))
-  check_mesh_fields(sizes)
+  sizes = dataclasses.asdict(MeshConfig(data, fsdp, tensor, dcn_data, dcn_fsdp, dcn_tensor))
   num_slices = len({getattr(device, "slice_index", 0) for device in devices})
   dcn = _fill({name: sizes[name] for name in MESH_FIELDS[3:]}, num_slices, "slices")
   ici = _fill({name: sizes[name] for name in MESH_AXES}, len(devices) // num_slices,

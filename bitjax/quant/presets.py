@@ -40,6 +40,11 @@ class QuantSpec:
     return self.weight_quantizer.quantized or self.act_bits is not None
 
   @property
+  def lr_recipe(self) -> str:
+    """Which learning-rate recipe of `config.optim.recipes` a model of this spec trains with."""
+    return "low_bit" if self.quantized else "full_precision"
+
+  @property
   def weight_bits(self) -> float:
     """Information per weight: the weight quantizer's bits (log2(3) for ternary, 1 for
     sign, 16 for none)."""

@@ -51,12 +51,14 @@ def _canonical(config_dict: dict) -> dict:
 
 
 def guard_config(workdir: str, config_dict: dict, write: bool = True,
-                 defaults: dict | None = None) -> None:
+                 defaults: dict | None = None, upgrade=None) -> None:
   """Write config.json into a new workdir (if `write`: one process of a multi-host job
   does); refuse to reuse one made with another config.
 
   Resuming must continue the same experiment, so any changed field is an error
-  that names it (and asks for a new workdir) instead of silently mixing runs. A field
+  that names it (and asks for a new workdir) instead of silently mixing runs.
+  Workdirs of earlier versions resume: `upgrade(saved)` rewrites a saved config as
+  this version writes it (fields derived at run time then, filled now), and a field
   the saved config lacks (added to bitjax after the run began) counts as unchanged
   while it holds its value in `defaults`, the schema's defaults.
   """
@@ -64,7 +66,7 @@ def guard_config(workdir: str, config_dict: dict, write: bool = True,
   canonical = _canonical(config_dict)
   if files.exists(path):
     saved = json.loads(files.read_text(path))
-    old, new = _flatten(saved), _flatten(canonical)
+    old, new = _flatten(_canonical(upgrade(saved) if upgrade else saved)), _flatten(canonical)
     added_at_default = {k: v for k, v in _flatten(_canonical(defaults or {})).items()
                         if k not in old}
     old.update({k: v for k, v in added_at_default.items() if new.get(k) == v})

@@ -19,7 +19,7 @@ from bitjax.parallel.chips import GIB, chip_hbm_bytes, peak_tflops
 from bitjax.parallel.topology import (CompiledMemory, OutOfMemory, bytes_per_chip,
                                       compiled_flops, compiled_memory, out_of_memory,
                                       topology_devices)
-from bitjax.train.config import validate_config
+from bitjax.train.config import model_config, resolve_config
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
 from bitjax.train.step import jit_train_step, state_layout
 from bitjax.train.tasks import get_task
@@ -72,7 +72,8 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
                        num_slices: int = 1) -> CompileReport:
   """Lower and compile the trainer's step of `config` (any task) for `num_slices` slices
   of `topology`, from abstract (sharded) state and batch: nothing is allocated."""
-  model_cfg = validate_config(config)
+  config = resolve_config(config)
+  model_cfg = model_config(config)
   if model_cfg.compute_dtype == "auto" and model_cfg.spec.compute_dtype is None:
     # "auto" means bfloat16 on accelerators; this machine's backend is not the target.
     model_cfg = dataclasses.replace(model_cfg, compute_dtype="bfloat16")
@@ -80,13 +81,12 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
   devices = topology_devices(topology, num_slices)
   mesh = make_config_mesh(config, task, devices)
   tcfg = config.train
-  quantized = model_cfg.spec.quantized
-  tx = make_optimizer(config.optim, tcfg.steps, quantized)
+  tx = make_optimizer(config.optim, tcfg.steps)
   layout = state_layout(model_cfg, tx, tcfg.seed, mesh, task.model_class)
   batch_layout = task.batch_sharding(mesh)
   batch = {name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=batch_layout)
            for name, spec in task.batch_spec().items()}
-  step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps, quantized),
+  step = jit_train_step(layout, tx, learning_rate_schedule(config.optim, tcfg.steps),
                         mesh, batch_layout, task.loss, tcfg.seed)
   lowered = step.lower(layout.abstract, batch)
   try:

@@ -1,39 +1,49 @@
-"""The one config schema: defaults for every section and up-front validation.
+"""The config: every section's defaults, the derived fields and up-front validation.
 
-Config files (configs/*.py) start from `default_config()` and change fields;
-`validate_config` checks the whole thing before any work starts, so a typo or
-an impossible shape fails in the first second with the field named.
+Each section's schema is a `bitjax.schema.Section` dataclass (model: the task's
+ModelConfig; data: the task's; train: TrainConfig; mesh: MeshConfig; optim:
+OptimConfig), which gives both its defaults and its checks. Config files
+(configs/*.py) start from `default_config()` and change fields; `resolve_config`
+fills the fields that depend on others (the learning-rate recipe depends on the
+precision) after the command-line overrides and checks the whole thing before any
+work starts, so a typo or an impossible shape fails in the first second with the
+field named.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
-import typing
+from typing import ClassVar
 
 import ml_collections
 
-from bitjax.data.config import optional
 from bitjax.models import ModelConfig
-from bitjax.parallel import MESH_FIELDS, check_mesh_fields
+from bitjax.parallel import MeshConfig
+from bitjax.schema import POSITIVE_INT, Section, field
 from bitjax.train import files
-from bitjax.train.optim import resolve_schedule
+from bitjax.train.optim import DERIVED_FIELDS, OptimConfig
 
 SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
-TRAIN_POSITIVE_INTS = ("seq_len", "batch_size", "steps", "eval_every", "eval_batches",
-                       "log_every", "checkpoint_every", "max_checkpoints")
 
 
-def _model_section(config_class) -> ml_collections.ConfigDict:
-  """A model config class's fields and defaults; None defaults keep their declared type."""
-  hints = typing.get_type_hints(config_class)
-  section = {}
-  for field in dataclasses.fields(config_class):
-    value = field.default
-    if value is None:
-      value = optional(next(t for t in typing.get_args(hints[field.name]) if t is not type(None)))
-    section[field.name] = value
-  return ml_collections.ConfigDict(section)
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+  """Schema of `config.train`."""
+
+  section: ClassVar[str] = "train"
+
+  seq_len: int = field(256, rule=POSITIVE_INT)
+  batch_size: int = field(16, rule=POSITIVE_INT)
+  steps: int = field(1000, rule=POSITIVE_INT)
+  seed: int = 0
+  eval_every: int = field(250, rule=POSITIVE_INT)
+  eval_batches: int = field(8, rule=POSITIVE_INT)
+  log_every: int = field(25, rule=POSITIVE_INT)
+  checkpoint_every: int = field(500, rule=POSITIVE_INT)
+  max_checkpoints: int = field(2, rule=POSITIVE_INT)
+  progress_bar: bool = True
 
 
 def default_config(task: str = "lm") -> ml_collections.ConfigDict:
@@ -44,22 +54,11 @@ def default_config(task: str = "lm") -> ml_collections.ConfigDict:
   task_cls = task_class(task)
   config = ml_collections.ConfigDict()
   config.task = task
-  config.model = _model_section(task_cls.config_class)
+  config.model = task_cls.config_class.config_dict()
   config.data = task_cls.default_data()
-  config.train = ml_collections.ConfigDict(dict(
-      seq_len=256, batch_size=16, steps=1000, seed=0,
-      eval_every=250, eval_batches=8, log_every=25,
-      checkpoint_every=500, max_checkpoints=2, progress_bar=True,
-  ))
-  # Mesh axis sizes within a slice (data, fsdp, tensor) and across slices (dcn_*);
-  # one per group may be -1 to take the remaining devices (bitjax.parallel.make_mesh).
-  config.mesh = ml_collections.ConfigDict(dict(
-      data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
-  config.optim = ml_collections.ConfigDict(dict(
-      schedule="auto", lr=1e-3, stage2_lr=6e-4,
-      stage1_end_lr=optional(float),
-      warmup_steps=375, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-  ))
+  config.train = TrainConfig.config_dict()
+  config.mesh = MeshConfig.config_dict()
+  config.optim = OptimConfig.config_dict()
   return config
 
 
@@ -90,16 +89,18 @@ class ConfigError(ValueError):
   """A config field has a bad value; the message names the field and what is allowed."""
 
 
-def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """Check every section; returns the model config (the task's config class).
-  Raises ConfigError naming the field."""
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every derived field filled (config.optim's DERIVED_FIELDS:
+  the rates and schedule of the model's learning-rate recipe, unless set), after checking every
+  section. Call it after the overrides, so the recipe follows the final precision; a
+  resolved config resolves to itself. Raises ConfigError naming the field."""
   try:
-    return _validate(config)
+    return _resolve(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
-def _validate(config: ml_collections.ConfigDict) -> ModelConfig:
+def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from bitjax.train.tasks import get_task
 
   for section in SECTIONS:
@@ -107,22 +108,50 @@ def _validate(config: ml_collections.ConfigDict) -> ModelConfig:
       raise ValueError(f"config has no section {section!r}; expected {', '.join(SECTIONS)}")
   task = get_task(config)
   model = task.config_class.from_mapping(config.model)
-  unknown = sorted(set(config.mesh) - set(MESH_FIELDS))
-  if unknown:
-    raise ValueError(f"config.mesh has unknown fields {unknown}; known: {list(MESH_FIELDS)}")
-  check_mesh_fields(config.mesh)
-  for name in TRAIN_POSITIVE_INTS:
-    value = config.train[name]
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"config.train.{name}={value!r} must be a positive integer")
+  MeshConfig.from_mapping(config.mesh)
+  TrainConfig.from_mapping(config.train)
   task.validate(model)
-  resolve_schedule(config.optim.schedule, model.spec.quantized)
-  for name in ("lr", "stage2_lr", "weight_decay", "grad_clip", "eps"):
-    if config.optim[name] < 0:
-      raise ValueError(f"config.optim.{name}={config.optim[name]!r} must be >= 0")
-  if not 0 <= config.optim.warmup_steps:
-    raise ValueError(f"config.optim.warmup_steps={config.optim.warmup_steps!r} must be >= 0")
-  return model
+  optim = OptimConfig.from_mapping(config.optim).resolved(model.spec.lr_recipe)
+  resolved = copy.deepcopy(config)
+  resolved.optim.update({name: getattr(optim, name) for name in DERIVED_FIELDS})
+  return resolved
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The task's model config of a resolved config."""
+  from bitjax.train.tasks import task_class
+
+  return task_class(config.task).config_class.from_mapping(config.model)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """Check every section (derived fields included); returns the model config.
+  Raises ConfigError naming the field."""
+  return model_config(resolve_config(config))
+
+
+def run_record(config: ml_collections.ConfigDict) -> dict:
+  """What a run's config.json holds and a resumed run must match: the resolved config,
+  derived values included, less the mesh (a run may resume on another layout) and the
+  recipe table (the rates it gave are in config.optim, and another precision's rates
+  do not change this run)."""
+  record = config.to_dict()
+  del record["mesh"]
+  del record["optim"]["recipes"]
+  return record
+
+
+def upgrade_record(saved: dict, recipe: str) -> dict:
+  """A config.json of an earlier version as this one writes it: the derived fields that
+  version left to run time (schedule "auto", stage1_end_lr None) filled from its saved
+  rates by the same rules. `recipe` is the learning-rate recipe of the resuming run (the
+  precision fields are compared too). A saved optim section this version cannot read is
+  left as it is, so the comparison names what differs."""
+  try:
+    optim = OptimConfig.from_mapping({**saved["optim"], "recipes": {}}).resolved(recipe)
+  except (KeyError, ValueError):
+    return saved
+  return {**saved, "optim": {name: getattr(optim, name) for name in saved["optim"]}}
 
 
 def check_workdir(workdir: str) -> str:

@@ -1,31 +1,103 @@
-"""AdamW with the per-preset schedules of DESIGN.md section 3.
+"""AdamW with the per-preset schedules of DESIGN.md section 3, and the `config.optim` schema.
 
 Quantized presets (b1.58, 1bit) use the two-stage recipe of BitNet b1.58:
 stage one decays linearly from `lr` to `stage1_end_lr` with weight decay;
 at half the run the rate drops to `stage2_lr` and decays linearly to 0 with
 weight decay off. Full precision uses one linear or cosine decay.
+
+The rates depend on the precision, which a command-line override may change, so
+they are derived after the overrides (`OptimConfig.resolved`, called by
+`bitjax.train.config.resolve_config`): a field left None takes its value from the
+model's learning-rate recipe in `config.optim.recipes`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from bitjax.schema import NON_NEGATIVE, NON_NEGATIVE_INT, Section, check_known, field
+
 SCHEDULES = ("auto", "two_stage", "linear", "cosine", "constant")
+# QuantSpec.lr_recipe: "low_bit" for quantized presets, "full_precision" otherwise.
+LR_RECIPES = ("low_bit", "full_precision")
+RECIPE_FIELDS = ("lr", "stage2_lr", "stage1_end_lr")
+# The fields OptimConfig.resolved fills: their values depend on other fields.
+DERIVED_FIELDS = ("schedule", *RECIPE_FIELDS)
 
 
-def resolve_schedule(name: str, quantized: bool) -> str:
-  if name not in SCHEDULES:
-    raise ValueError(f"config.optim.schedule={name!r} is not one of {list(SCHEDULES)}")
-  if name == "auto":
-    return "two_stage" if quantized else "linear"
-  return name
+def default_recipes() -> dict[str, dict[str, float]]:
+  return {recipe: {"lr": 1e-3, "stage2_lr": 6e-4} for recipe in LR_RECIPES}
 
 
-def learning_rate_schedule(optim, total_steps: int, quantized: bool) -> optax.Schedule:
-  """Linear warmup to `optim.lr`, then the decay the schedule names."""
-  kind = resolve_schedule(optim.schedule, quantized)
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(Section):
+  """Schema of `config.optim`. The rates and the schedule are derived fields: None
+  (and schedule "auto") means "from the model's recipe"; a value set wins."""
+
+  section: ClassVar[str] = "optim"
+
+  # auto: two_stage for the low_bit recipe, linear for full_precision
+  schedule: str = field("auto", allowed=SCHEDULES)
+  lr: float | None = field(None, rule=NON_NEGATIVE)
+  stage2_lr: float | None = field(None, rule=NON_NEGATIVE)
+  # None: the recipe's, else (two_stage) halfway between lr and stage2_lr
+  stage1_end_lr: float | None = field(None, rule=NON_NEGATIVE)
+  # recipe name (LR_RECIPES) -> values of RECIPE_FIELDS for the fields left None above
+  recipes: dict = field(default_factory=default_recipes)
+  warmup_steps: int = field(375, rule=NON_NEGATIVE_INT)
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = field(1e-8, rule=NON_NEGATIVE)
+  weight_decay: float = field(0.1, rule=NON_NEGATIVE)
+  grad_clip: float = field(1.0, rule=NON_NEGATIVE)
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_known("optim.recipes", self.recipes, LR_RECIPES)
+    for recipe, values in self.recipes.items():
+      check_known(f"optim.recipes.{recipe}", values, RECIPE_FIELDS)
+      for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+          raise self.error(f"recipes.{recipe}.{name}", "must be a number >= 0", value)
+
+  def resolved(self, recipe: str) -> OptimConfig:
+    """Every derived field filled for a model of learning-rate `recipe`: a field set
+    explicitly wins, else the recipe's value; the schedule "auto" becomes two_stage
+    (low_bit) or linear; stage1_end_lr defaults to halfway between the two rates.
+    A two-stage schedule must drop its rate at half the run: stage2_lr > lr is an
+    error even when both were set explicitly, since no recipe rises there and the
+    error cannot tell a deliberate rise from a rate left over from another recipe."""
+    values = self.recipes.get(recipe, {})
+    derived = {name: values.get(name) if getattr(self, name) is None else getattr(self, name)
+               for name in RECIPE_FIELDS}
+    schedule = self.schedule
+    if schedule == "auto":
+      schedule = "two_stage" if recipe == "low_bit" else "linear"
+    needed = ("lr", "stage2_lr") if schedule == "two_stage" else ("lr",)
+    for name in needed:
+      if derived[name] is None:
+        raise ValueError(f"config.optim.{name} is not set and config.optim.recipes.{recipe} "
+                         f"(the model's recipe) has no {name!r}")
+    if schedule == "two_stage":
+      if derived["stage2_lr"] > derived["lr"]:
+        raise ValueError(
+            f"config.optim.stage2_lr={derived['stage2_lr']!r} exceeds config.optim.lr="
+            f"{derived['lr']!r}: the two-stage schedule drops the rate at half the run; "
+            "set config.optim.stage2_lr <= config.optim.lr (or another config.optim.schedule)")
+      if derived["stage1_end_lr"] is None:
+        derived["stage1_end_lr"] = 0.5 * (derived["lr"] + derived["stage2_lr"])
+    return dataclasses.replace(self, schedule=schedule, **derived)
+
+
+def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
+  """Linear warmup to `optim.lr`, then the decay the schedule names. `optim` is a
+  resolved optim section (OptimConfig.resolved): concrete schedule and rates."""
+  kind = _resolved_schedule(optim)
   warmup = min(optim.warmup_steps, max(total_steps // 2, 1))
   peak = optim.lr
 
@@ -41,26 +113,31 @@ def learning_rate_schedule(optim, total_steps: int, quantized: bool) -> optax.Sc
       decayed = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     else:
       half = total_steps // 2
-      stage1_end = optim.stage1_end_lr
-      if stage1_end is None:
-        stage1_end = 0.5 * (peak + optim.stage2_lr)
       p1 = jnp.clip((step - warmup) / max(half - warmup, 1), 0.0, 1.0)
       p2 = jnp.clip((step - half) / max(total_steps - half, 1), 0.0, 1.0)
-      decayed = jnp.where(step < half, peak + (stage1_end - peak) * p1,
+      decayed = jnp.where(step < half, peak + (optim.stage1_end_lr - peak) * p1,
                           optim.stage2_lr * (1.0 - p2))
     return jnp.where(step < warmup, warm, decayed)
 
   return schedule
 
 
-def weight_decay_schedule(optim, total_steps: int, quantized: bool) -> optax.Schedule:
+def weight_decay_schedule(optim, total_steps: int) -> optax.Schedule:
   """Constant decay, or (two-stage recipe) decay only in the first half."""
-  kind = resolve_schedule(optim.schedule, quantized)
   wd = optim.weight_decay
-  if kind != "two_stage":
+  if _resolved_schedule(optim) != "two_stage":
     return lambda step: jnp.asarray(wd, jnp.float32)
   half = total_steps // 2
   return lambda step: jnp.where(step < half, wd, 0.0).astype(jnp.float32)
+
+
+def _resolved_schedule(optim) -> str:
+  """The schedule of a resolved section; an unresolved one ("auto", no lr) is refused
+  rather than read as some schedule."""
+  if optim.schedule == "auto" or optim.lr is None:
+    raise ValueError("config.optim is not resolved: build the optimizer from "
+                     "bitjax.train.config.resolve_config(config).optim")
+  return optim.schedule
 
 
 def decay_mask(params):
@@ -68,13 +145,14 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim, total_steps: int, quantized: bool) -> optax.GradientTransformation:
+def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
+  """AdamW of a resolved optim section (OptimConfig.resolved)."""
   return optax.chain(
       optax.clip_by_global_norm(optim.grad_clip),
       optax.adamw(
-          learning_rate=learning_rate_schedule(optim, total_steps, quantized),
+          learning_rate=learning_rate_schedule(optim, total_steps),
           b1=optim.b1, b2=optim.b2, eps=optim.eps,
-          weight_decay=weight_decay_schedule(optim, total_steps, quantized),
+          weight_decay=weight_decay_schedule(optim, total_steps),
           mask=decay_mask,
       ),
   )

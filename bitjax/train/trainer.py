@@ -18,7 +18,8 @@ from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
 from bitjax.train import files
 from bitjax.train.checkpoint import Checkpointer, guard_config
-from bitjax.train.config import ConfigError, check_workdir, default_config, validate_config
+from bitjax.train.config import (ConfigError, check_workdir, default_config, model_config,
+                                 resolve_config, run_record, upgrade_record)
 from bitjax.train.metrics import MetricWriter
 from bitjax.train.optim import learning_rate_schedule, make_optimizer
 from bitjax.train.step import jit_train_step, state_layout
@@ -87,14 +88,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   every batch; only process 0 writes metrics and the summary.
   A finished workdir returns its stored summary without training again.
   """
-  model_cfg = validate_config(config)
+  config = resolve_config(config)
+  model_cfg = model_config(config)
   task = get_task(config)
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
-  # The mesh says how a run is laid out, not what it computes: a run may resume on another.
-  without_mesh = lambda config: {k: v for k, v in config.to_dict().items() if k != "mesh"}
-  guard_config(workdir, without_mesh(config), write=lead,
-               defaults=without_mesh(default_config(config.task)))
+  guard_config(workdir, run_record(config), write=lead,
+               defaults=run_record(default_config(config.task)),
+               upgrade=lambda saved: upgrade_record(saved, model_cfg.spec.lr_recipe))
   summary_path = os.path.join(workdir, "summary.json")
   tcfg = config.train
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.max_checkpoints)
@@ -103,9 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return json.loads(files.read_text(summary_path))
 
   mesh = make_config_mesh(config, task)
-  quantized = model_cfg.spec.quantized
-  tx = make_optimizer(config.optim, tcfg.steps, quantized)
-  lr_schedule = learning_rate_schedule(config.optim, tcfg.steps, quantized)
+  tx = make_optimizer(config.optim, tcfg.steps)
+  lr_schedule = learning_rate_schedule(config.optim, tcfg.steps)
   layout = state_layout(model_cfg, tx, tcfg.seed, mesh, task.model_class)
   batch_layout = task.batch_sharding(mesh)
   block, num_blocks = process_batch_block(batch_layout, (tcfg.batch_size, tcfg.seq_len))

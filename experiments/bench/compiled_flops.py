@@ -43,12 +43,12 @@ def compiled_over_analytic(topology: str, mesh_name: str, remat: bool, batch: in
   task = get_task(SimpleNamespace(task="lm", train=SimpleNamespace(batch_size=batch,
                                                                    seq_len=seq_len, seed=0)))
   mesh = topology_mesh(topology, **MESHES[mesh_name])
-  tx = make_optimizer(OPTIM, 100, False)
+  tx = make_optimizer(OPTIM, 100)
   layout = state_layout(cfg, tx, 0, mesh, task.model_class)
   batches = task.batch_sharding(mesh)
   abstract_batch = {name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=batches)
                     for name, spec in task.batch_spec().items()}
-  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 100, False), mesh, batches,
+  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 100), mesh, batches,
                         task.loss)
   compiled = step.lower(layout.abstract, abstract_batch).compile()
   analytic = train_flops_per_token(cfg, seq_len) * batch * seq_len

@@ -107,14 +107,14 @@ def time_step(cfg: DecoderConfig, batch_size: int, seq_len: int, warmup: int, st
   task = get_task(SimpleNamespace(task="lm", train=SimpleNamespace(batch_size=batch_size,
                                                                    seq_len=seq_len, seed=0)))
   mesh = make_mesh(devices=jax.devices()[:1])
-  tx = make_optimizer(OPTIM, 1000, cfg.spec.quantized)
+  tx = make_optimizer(OPTIM, 1000)
   layout = state_layout(cfg, tx, 0, mesh, task.model_class)
   batches = task.batch_sharding(mesh)
   keys = jax.random.split(jax.random.key(0), len(task.batch_spec()))
   batch = jax.device_put({name: jax.random.randint(key, spec.shape, 0, cfg.vocab_size, spec.dtype)
                           for key, (name, spec) in zip(keys, task.batch_spec().items())},
                          batches)
-  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 1000, cfg.spec.quantized),
+  step = jit_train_step(layout, tx, learning_rate_schedule(OPTIM, 1000),
                         mesh, batches, task.loss)
   announce(f"compiling the {cfg.precision} step, batch {batch_size}")
   start = time.perf_counter()
