@@ -14,7 +14,6 @@ from typing import ClassVar
 from bitjax.data import corpus
 from bitjax.data import tokenizers
 from bitjax.schema import NON_EMPTY_STR, NON_NEGATIVE_INT, Section, check_one_of, field
-from bitjax.schema import optional  # noqa: F401  (the tasks' data_section uses it)
 
 DATASETS = ("stdlib", "text_dir", "tfds")
 # Features of the examples that the stdlib and text_dir builders write.

@@ -40,14 +40,15 @@ def _read_result(path: str) -> dict:
 def train_run(run: Run, config, workdir: str) -> dict:
   """Train `run` with its loaded `config` in workdir/run.name; writes and returns its row:
   the labels, the run summary (with its task's `analysis`), the run's `group`, and how
-  it was configured."""
+  it was configured (the resolved config: derived learning rates filled in)."""
   from bitjax.train import train_and_evaluate
+  from bitjax.train.config import resolve_config
 
   run_dir = os.path.join(workdir, run.name)
   summary = train_and_evaluate(config, run_dir)
   result = {"name": run.name, **run.labels, **summary, "group": run.group,
             "config_spec": run.config, "overrides": run.overrides, "labels": run.labels,
-            "config": config.to_dict()}
+            "config": resolve_config(config).to_dict()}
   # Whole or absent, never partial: locally a temporary file and os.replace; in an object
   # store one upload, which becomes visible only when complete (files.write_atomic). Either
   # way result.json appears only after the run's summary.json was written.

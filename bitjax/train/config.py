@@ -110,6 +110,7 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   model = task.config_class.from_mapping(config.model)
   MeshConfig.from_mapping(config.mesh)
   TrainConfig.from_mapping(config.train)
+  task.data_class.from_mapping(config.data)
   task.validate(model)
   optim = OptimConfig.from_mapping(config.optim).resolved(model.spec.lr_recipe)
   resolved = copy.deepcopy(config)

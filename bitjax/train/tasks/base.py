@@ -19,23 +19,9 @@ from jax.sharding import NamedSharding
 from bitjax import models
 from bitjax.data.iterators import Batch, BatchIterator
 from bitjax.parallel import logical_sharding
+from bitjax.schema import Section
 from bitjax.train.flops import train_matmul_flops
 from bitjax.train.metrics import throughput_metrics
-
-
-def data_section(**fields):
-  """A config.data section; a type as default is None of that type (settable by flag)."""
-  import ml_collections
-
-  from bitjax.data.config import optional
-
-  return ml_collections.ConfigDict(
-      {k: optional(v) if isinstance(v, type) else v for k, v in fields.items()})
-
-
-def check_one_of(field: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f"config.{field}={value!r} is not one of {list(allowed)}")
 
 
 def check_matches_data(field: str, value, data_value, what: str) -> None:
@@ -56,6 +42,7 @@ class Task(abc.ABC):
 
   config_class: type[models.ModelConfig]
   model_class: type[nnx.Module]
+  data_class: type[Section]  # the schema of config.data (bitjax.schema)
   metric: str
   analysis = "seed_table"
   unit = "examples"  # what throughput counts
@@ -65,13 +52,14 @@ class Task(abc.ABC):
   def __init__(self, config):
     self.config = config
 
-  @staticmethod
-  @abc.abstractmethod
-  def default_data():
-    """The config.data section with its defaults."""
+  @classmethod
+  def default_data(cls):
+    """The config.data section with its defaults, from the task's data schema."""
+    return cls.data_class.config_dict()
 
   def validate(self, model_cfg) -> None:
-    """Check config.data and the model fields that must fit the data; ValueError naming them."""
+    """Checks beyond the two sections' schemas: the model fields that must fit the data
+    (feature and class counts, vocabulary room); ValueError naming them."""
 
   @abc.abstractmethod
   def train_iterator(self, block: int, num_blocks: int) -> BatchIterator:

@@ -12,7 +12,7 @@ import optax
 from bitjax import models
 from bitjax.data import loaders
 from bitjax.data.iterators import ArrayBatches, num_rows, padded_batches
-from bitjax.train.tasks.base import Task, check_matches_data, check_one_of, data_section
+from bitjax.train.tasks.base import Task, check_matches_data
 
 
 def classification_sums(logits, labels, weights) -> dict[str, jax.Array]:
@@ -75,15 +75,9 @@ class FeatureClassification(InMemoryRows, ClassificationObjective):
   config_class, model_class = models.MLPConfig, models.MLPClassifier
 
   def validate(self, model_cfg):
-    check_one_of("data.eval_split", self.config.data.eval_split, loaders.EVAL_SPLITS)
-    self.check_source()
     data = self.dataset()
     check_matches_data("input_dim", model_cfg.input_dim, data.input_dim, "feature count")
     check_matches_data("num_classes", model_cfg.num_classes, data.num_classes, "class count")
-
-  @abc.abstractmethod
-  def check_source(self) -> None:
-    """Check that config.data names an available source; ValueError naming the field."""
 
   @abc.abstractmethod
   def dataset(self):
@@ -104,12 +98,7 @@ class FeatureClassification(InMemoryRows, ClassificationObjective):
 
 class TabularClassification(FeatureClassification):
 
-  @staticmethod
-  def default_data():
-    return data_section(name="digits", split_seed=0, eval_split="validation")
-
-  def check_source(self):
-    check_one_of("data.name", self.config.data.name, loaders.TABULAR_DATASETS)
+  data_class = loaders.TabularData
 
   def dataset(self):
     return loaders.cached_tabular(self.config.data)
@@ -118,18 +107,7 @@ class TabularClassification(FeatureClassification):
 class TextClassification(FeatureClassification):
   """TF-IDF features; vocabulary and idf from the train split only."""
 
-  @staticmethod
-  def default_data():
-    return data_section(name="stdlib_packages", text_dir=str, text_glob="**/*.txt",
-                        max_classes=10, chunk_chars=2000, max_chunks_per_file=4,
-                        max_features=10000, split_seed=0, eval_split="validation")
-
-  def check_source(self):
-    data = self.config.data
-    check_one_of("data.name", data.name, loaders.TEXT_SOURCES)
-    if data.name == "text_dir" and not data.text_dir:
-      raise ValueError("config.data.text_dir must name a directory when "
-                       "config.data.name='text_dir'")
+  data_class = loaders.TextClassData
 
   def dataset(self):
     return loaders.cached_tfidf(self.config.data)
@@ -140,20 +118,13 @@ class SequenceClassification(InMemoryRows, ClassificationObjective):
   package a chunk of train.seq_len bytes comes from."""
 
   config_class, model_class = models.EncoderConfig, models.Encoder
-
-  @staticmethod
-  def default_data():
-    return data_section(name="stdlib_packages", max_classes=10, max_chunks_per_file=8,
-                        split_seed=0, eval_split="validation")
+  data_class = loaders.SequenceClassData
 
   def source(self):
     return loaders.cached_package_chunks(
         {**self.config.data.to_dict(), "seq_len": self.config.train.seq_len})
 
   def validate(self, model_cfg):
-    data = self.config.data
-    check_one_of("data.name", data.name, loaders.SEQUENCE_SOURCES)
-    check_one_of("data.eval_split", data.eval_split, loaders.EVAL_SPLITS)
     check_matches_data("num_classes", model_cfg.num_classes, self.source()[1], "class count")
 
   def splits(self):

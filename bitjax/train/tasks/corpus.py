@@ -11,22 +11,9 @@ import numpy as np
 from bitjax import models
 from bitjax.data import loaders
 from bitjax.data.iterators import MappedBatches
-from bitjax.train.tasks.base import check_one_of, data_section
 from bitjax.train.tasks.classification import (ClassificationObjective, InMemoryRows,
                                                classification_sums)
 from bitjax.train.tasks.lm import LanguageModeling
-
-SEQ2SEQ_OBJECTIVES = ("span_corruption", "docstrings")
-
-
-def corpus_data(**extra):
-  """The LM corpus section (stdlib / text_dir / tfds) plus a task's own fields."""
-  from bitjax.data import default_data_config
-
-  config = default_data_config()
-  config.update(data_section(**extra))
-  return config
-
 
 class CorpusTask(ClassificationObjective):
   """Tasks made from the LM pipeline's token windows (train.seq_len tokens), turned into
@@ -34,11 +21,6 @@ class CorpusTask(ClassificationObjective):
 
   metric = "loss"
   unit = "tokens"
-
-  def validate(self, model_cfg):
-    from bitjax.data import validate_data_config
-
-    validate_data_config(self.config.data)
 
   def tokenizer(self):
     from bitjax.data import get_tokenizer
@@ -77,13 +59,9 @@ class MaskedLM(CorpusTask):
   """BERT pretraining: predict the masked bytes (15%, 80/10/10) of corpus windows."""
 
   config_class, model_class = models.EncoderConfig, models.Encoder
-
-  @staticmethod
-  def default_data():
-    return corpus_data(mask_rate=0.15)
+  data_class = loaders.MaskedLMData
 
   def validate(self, model_cfg):
-    super().validate(model_cfg)
     needed = self.tokenizer().vocab_size + 1
     if model_cfg.vocab_size < needed:
       raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} leaves no room for "
@@ -107,19 +85,10 @@ class Seq2Seq(InMemoryRows, CorpusTask):
   teacher-forced loss and next-token accuracy over the target tokens."""
 
   config_class, model_class = models.EncDecConfig, models.EncoderDecoder
-
-  @staticmethod
-  def default_data():
-    return corpus_data(objective="span_corruption", target_len=32, noise_density=0.15,
-                       mean_span=3.0, max_sentinels=16)
+  data_class = loaders.Seq2SeqData
 
   def validate(self, model_cfg):
-    super().validate(model_cfg)
     data = self.config.data
-    check_one_of("data.objective", data.objective, SEQ2SEQ_OBJECTIVES)
-    if data.objective == "docstrings" and data.name == "tfds":
-      raise ValueError("config.data.objective='docstrings' reads Python files: "
-                       "config.data.name must be 'stdlib' or 'text_dir'")
     needed = self.tokenizer().vocab_size + 1 + data.max_sentinels
     if data.objective == "span_corruption" and model_cfg.vocab_size < needed:
       raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} leaves no room for "

@@ -9,6 +9,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from bitjax import models
+from bitjax.data.config import CorpusData
 from bitjax.parallel import logical_sharding
 from bitjax.train.metrics import lm_metrics
 from bitjax.train.tasks.base import Task
@@ -32,21 +33,15 @@ class LanguageModeling(Task):
   """Next-token prediction with the decoder; eval in nats/token, perplexity and bits per byte."""
 
   config_class, model_class = models.DecoderConfig, models.Decoder
+  data_class = CorpusData
   metric = "bits_per_byte"
   analysis = "scaling"
   unit = "tokens"
   flops_counted_by = "analytic (6 x matmul parameters + attention, per token x tokens)"
 
-  @staticmethod
-  def default_data():
-    from bitjax.data import default_data_config
-
-    return default_data_config()
-
   def validate(self, model_cfg):
-    from bitjax.data import get_tokenizer, validate_data_config
+    from bitjax.data import get_tokenizer
 
-    validate_data_config(self.config.data)
     vocab = get_tokenizer(self.config.data).vocab_size
     if model_cfg.vocab_size < vocab:
       raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "

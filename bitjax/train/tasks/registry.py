@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bitjax.train.tasks.base import Task, check_one_of
+from bitjax.schema import check_one_of
+from bitjax.train.tasks.base import Task
 from bitjax.train.tasks.classification import (SequenceClassification, TabularClassification,
                                                TextClassification)
 from bitjax.train.tasks.corpus import MaskedLM, Seq2Seq
