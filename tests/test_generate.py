@@ -133,8 +133,8 @@ def test_packed_model_gives_the_training_model_tokens_where_logits_agree(rng):
   prompts = random_prompts(rng, [4, 2])
   trained, served = generate(model, prompts, 8), generate(packed, prompts, 8)
   compared = 0
-  for prompt, want, got, want_logits, got_logits in zip(
-      prompts, trained, served, recompute_logits(model, trained), recompute_logits(packed, trained)):
+  logits = zip(recompute_logits(model, trained), recompute_logits(packed, trained))
+  for prompt, want, got, (want_logits, got_logits) in zip(prompts, trained, served, logits):
     for position in range(len(prompt), len(want)):
       top2 = np.sort(want_logits[position - 1])[-2:]
       gap = np.abs(want_logits[position - 1] - got_logits[position - 1]).max()

@@ -65,11 +65,14 @@ def generate(model: nnx.Module, prompt_ids: Sequence, max_new_tokens: int,
     tokens[i, longest - len(row):] = row
   pad = np.array([longest - len(row) for row in rows], np.int32)
   graphdef, state = nnx.split(model)
+  # Sampling values are traced (changing them does not recompile); greedy decoding and
+  # which filters apply shape the program. A greedy run never reads the temperature.
   new, steps = _generate(
       graphdef, state, jnp.asarray(tokens), jnp.asarray(pad), jax.random.key(seed),
-      jnp.float32(temperature or 1.0), None if top_k is None else jnp.int32(min(top_k, vocab_size)),
+      jnp.float32(temperature if temperature else 1.0),
+      None if top_k is None else jnp.int32(min(top_k, vocab_size)),
       None if top_p is None else jnp.float32(top_p), jnp.int32(-1 if eos_id is None else eos_id),
-      max_new_tokens=max_new_tokens, greedy=temperature == 0)
+      max_new_tokens=int(max_new_tokens), greedy=temperature == 0)
   new = np.asarray(new)[:, :int(steps)]
   return [np.concatenate([row.astype(np.int32), _until_eos(generated, eos_id)])
           for row, generated in zip(rows, new)]
