@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitjax.models.transformer import (TransformerConfig, apply_layers, make_layers,
-                                       positions_like)
+from bitjax.models.transformer import (TransformerConfig, apply_layers, apply_layers_cached,
+                                       init_layer_caches, make_layers, positions_like)
 from bitjax.nn import BitDense, Embed, make_norm
 from bitjax.parallel.sharding import with_logical_constraint
 
@@ -40,9 +40,32 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     x = apply_layers(self.layers, self.embed(tokens), positions_like(tokens), remat=self.cfg.remat)
+    return self.logits(x)
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Final norm and LM head: hidden states [..., seq, hidden] -> float32 logits."""
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
     return with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def init_cache(self, batch: int, slots: int):
+    """Empty key-value caches of `slots` positions for `extend`, one per block (stacked
+    on a leading layers axis when the blocks are scanned)."""
+    return init_layer_caches(self.layers, self.cfg, batch, slots)
+
+  def extend(self, tokens: jax.Array, positions: jax.Array, cache, *, cache_index: jax.Array,
+             key_mask: jax.Array):
+    """Incremental forward for generation: tokens [batch, seq] (int) at cache slots
+    [cache_index, cache_index + seq) with RoPE `positions` [batch, seq], attending
+    causally over the cache slots that `key_mask` [batch, slots] marks as tokens.
+    Returns (logits [batch, seq, vocab] float32, the cache with the new keys/values).
+
+    Prefill is one call over the whole (padded) prompt, each decode step one call over
+    one token; the blocks are the training forward's own.
+    """
+    x, cache = apply_layers_cached(self.layers, self.embed(tokens), positions, cache,
+                                   cache_index=cache_index, mask=key_mask)
+    return self.logits(x), cache
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:

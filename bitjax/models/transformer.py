@@ -17,6 +17,7 @@ from flax import nnx
 
 from bitjax.models.precision import ModelConfig
 from bitjax.nn import Attention, BitDense, make_norm
+from bitjax.nn.attention import KVCache
 from bitjax.parallel.sharding import with_logical_constraint
 from bitjax.schema import POSITIVE_INT, field
 
@@ -111,17 +112,32 @@ class TransformerBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, mask: jax.Array | None = None,
                context: jax.Array | None = None,
-               context_mask: jax.Array | None = None) -> jax.Array:
+               context_mask: jax.Array | None = None,
+               cache: KVCache | None = None,
+               cache_index: jax.Array | None = None):
     """`mask` [batch, seq] is False at padding: padded keys are ignored and padded rows
-    are zeroed, so with per-tensor activation scales too nothing depends on pad tokens."""
+    are zeroed, so with per-tensor activation scales too nothing depends on pad tokens.
+
+    With a self-attention `cache` (generation), x sits at cache slots
+    [cache_index, cache_index + seq), `mask` [batch, slots] covers every slot, and the
+    result is (x, new cache).
+    """
     h = x if self.attn_norm is None else self.attn_norm(x)
-    x = x + self.attn(h, positions, key_mask=mask)
+    if cache is None:
+      x = x + self.attn(h, positions, key_mask=mask)
+      row_mask = mask
+    else:
+      attended, cache = self.attn(h, positions, key_mask=mask, cache=cache,
+                                  cache_index=cache_index)
+      x = x + attended
+      row_mask = jax.lax.dynamic_slice_in_dim(mask, cache_index, x.shape[-2], axis=-1)
     if self.cross_attn is not None:
       h = x if self.cross_norm is None else self.cross_norm(x)
       x = x + self.cross_attn(h, context=context, key_mask=context_mask)
     h = x if self.mlp_norm is None else self.mlp_norm(x)
     x = x + self.mlp(h)
-    return x if mask is None else zero_padding(x, mask)
+    x = x if row_mask is None else zero_padding(x, row_mask)
+    return x if cache is None else (x, cache)
 
 
 def make_layers(cfg: TransformerConfig, num_layers: int, *, rngs: nnx.Rngs, **block_kwargs):
@@ -165,6 +181,38 @@ def apply_layers(layers, x: jax.Array, positions: jax.Array, *, remat: bool,
   for layer in layers:
     x = step(layer, x, positions)
   return x
+
+
+def init_layer_caches(layers, cfg: TransformerConfig, batch: int, slots: int):
+  """Empty self-attention caches for the blocks of `make_layers`: one KVCache per block of
+  a list, or one whose arrays carry a leading `layers` axis for stacked blocks."""
+  empty = lambda: KVCache.zeros(batch, slots, cfg.kv_heads, cfg.head_size, cfg.dtype)
+  if isinstance(layers, TransformerBlock):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (cfg.num_layers, *a.shape)), empty())
+  return tuple(empty() for _ in layers)
+
+
+def apply_layers_cached(layers, x: jax.Array, positions: jax.Array, caches, *,
+                        cache_index: jax.Array, mask: jax.Array):
+  """`apply_layers` for generation: x [batch, seq, hidden] at cache slots
+  [cache_index, cache_index + seq) through every block with its cache from
+  `init_layer_caches`; `mask` [batch, slots] is False at padded slots. Returns
+  (x, new caches)."""
+  def step(layer, x, positions, cache):
+    x, cache = type(layer).__call__(layer, x, positions, mask=mask, cache=cache,
+                                    cache_index=cache_index)
+    return with_logical_constraint(x, HIDDEN_AXES), cache
+
+  x = with_logical_constraint(x, HIDDEN_AXES)
+  if isinstance(layers, TransformerBlock):
+    scan = nnx.scan(step, in_axes=(0, nnx.Carry, None, 0), out_axes=(nnx.Carry, 0),
+                    transform_metadata={nnx.PARTITION_NAME: "layers"})
+    return scan(layers, x, positions, caches)
+  updated = []
+  for layer, cache in zip(layers, caches, strict=True):
+    x, cache = step(layer, x, positions, cache)
+    updated.append(cache)
+  return x, tuple(updated)
 
 
 def convert_layers(model: nnx.Module, *, scan: bool) -> nnx.Module:
