@@ -27,10 +27,12 @@ def field_error(path: str, value, requirement: str) -> ValueError:
   return ValueError(f"config.{path}={value!r} {requirement}")
 
 
-def check_one_of(path: str, value, allowed) -> None:
-  """The one "must be one of" check: ValueError naming `config.PATH` and the allowed values."""
+def check_one_of(name: str, value, allowed) -> None:
+  """The one "must be one of" check of bitjax, for config fields ("config.model.norm")
+  and function arguments ("backend") alike: ValueError naming `name`, the value and the
+  allowed values."""
   if value not in allowed:
-    raise field_error(path, value, f"is not one of {list(allowed)}")
+    raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
 def check_known(path: str, names, known) -> None:
@@ -125,7 +127,7 @@ class Section:
         continue
       allowed, rule = f.metadata.get("allowed"), f.metadata.get("rule")
       if allowed is not None:
-        check_one_of(f"{self.section}.{f.name}", value, allowed)
+        check_one_of(f"config.{self.section}.{f.name}", value, allowed)
       elif not _has_type(value, hint) or (rule is not None and not rule.test(value)):
         word = rule.allowed if rule is not None else _type_word(hint)
         raise self.error(f.name, f"must be {'None or ' if can_be_none else ''}{word}", value)

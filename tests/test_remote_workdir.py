@@ -23,7 +23,7 @@ from etils.epath import gpath
 from fsspec.utils import stringify_path
 
 import bitjax.data
-from bitjax.train import files
+from bitjax import files
 from bitjax.train.checkpoint import Checkpointer, guard_config
 from bitjax.train.config import check_workdir
 from bitjax.train.metrics import MetricWriter, read_metrics

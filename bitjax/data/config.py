@@ -53,10 +53,10 @@ class CorpusData(Section):
       if self.tfds_name is None:
         raise self.error("tfds_name", "must be a non-empty string when config.data.name='tfds'")
       return
-    check_one_of("data.text_key", self.text_key, CORPUS_FEATURES)
+    check_one_of("config.data.text_key", self.text_key, CORPUS_FEATURES)
     for name in ("train_split", "eval_split"):
       # TFDS slicing such as 'train[:10%]' is allowed after a valid split name.
-      check_one_of(f"data.{name}", getattr(self, name).split("[")[0], corpus.SPLITS)
+      check_one_of(f"config.data.{name}", getattr(self, name).split("[")[0], corpus.SPLITS)
     if self.name == "text_dir":
       if self.text_dir is None:
         raise self.error("text_dir", "must name a directory when config.data.name='text_dir'")

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from bitjax.kernels import gpu, tpu
 from bitjax.kernels.format import CODES_PER_WORD, ROWS_PER_BLOCK, padded_k, unpack_ternary
 from bitjax.quant.quantizers import quantize_activation
+from bitjax.schema import check_one_of
 
 ACTIVATIONS = ("int8", "bf16")
 BACKENDS = ("auto", "xla", "pallas_tpu", "pallas_gpu", "interpret")
@@ -20,11 +21,6 @@ GPU_KERNEL_MAX_ROWS = 32  # above this, `auto` on GPU unpacks and calls XLA's ma
 GPU_MIN_COLUMN_BLOCK = 16
 GEMV_MAX_ROWS = 8  # up to this many rows the GPU streams weights through the GEMV kernel
 TPU_WITHOUT_INT8_MXU = ("TPU v2", "TPU v3", "TPU v4")
-
-
-def _check(name: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
 def reference_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
@@ -199,8 +195,8 @@ def ternary_matmul(
   on an H100 (`_gpu_kernel_pays`), XLA on unpacked weights otherwise; the jnp path
   elsewhere.
   """
-  _check("activations", activations, ACTIVATIONS)
-  _check("backend", backend, BACKENDS)
+  check_one_of("activations", activations, ACTIVATIONS)
+  check_one_of("backend", backend, BACKENDS)
   if packed.ndim != 2 or packed.dtype != jnp.int32:
     raise ValueError(f"packed must be 2-D int32 words; got {packed.dtype}{list(packed.shape)}")
   k = x.shape[-1]

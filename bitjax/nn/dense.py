@@ -13,6 +13,7 @@ from bitjax.nn.norms import make_norm
 from bitjax.nn.params import logical_param
 from bitjax.quant import QuantSpec, activation_quant, quantize_activation, weight_quant
 from bitjax.quant.quantizers import packable_weight_quantizers, quantize_weight
+from bitjax.schema import check_one_of
 
 DEFAULT_KERNEL_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 INT8_ACT_BITS = 8  # up to this many activation bits the serving kernel reads int8 codes
@@ -70,8 +71,7 @@ class BitDense(nnx.Module):
     """Switch to serving, in place: quantize the latent kernel once, keep its codes packed
     in the `ternary` format (the one packing there is) and its scale, both with the
     kernel's logical axes so they shard like it, and drop the kernel."""
-    if backend not in BACKENDS:
-      raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
+    check_one_of("backend", backend, BACKENDS)
     if self.mode != "train":
       raise ValueError(f"mode={self.mode!r}: serve() packs a layer in mode 'train'")
     if not self.packable:

@@ -7,9 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitjax.nn.params import logical_param
-
-NORM_TYPES = ("rms", "layernorm")
-
+from bitjax.schema import check_one_of
 
 class RMSNorm(nnx.Module):
   """x / rms(x) * scale, with a learnable per-feature scale."""
@@ -38,9 +36,10 @@ class LayerNormNoAffine(nnx.Module):
     return y.astype(x.dtype)
 
 
+NORMS = {"rms": RMSNorm, "layernorm": LayerNormNoAffine}
+NORM_TYPES = tuple(NORMS)
+
+
 def make_norm(kind: str, features: int, *, eps: float = 1e-6, rngs: nnx.Rngs) -> nnx.Module:
-  if kind == "rms":
-    return RMSNorm(features, eps=eps, rngs=rngs)
-  if kind == "layernorm":
-    return LayerNormNoAffine(features, eps=eps)
-  raise ValueError(f"norm={kind!r} is not one of {list(NORM_TYPES)}")
+  check_one_of("norm", kind, NORM_TYPES)
+  return NORMS[kind](features, eps=eps, rngs=rngs)

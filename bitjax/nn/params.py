@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bitjax.schema import check_one_of
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -33,6 +35,5 @@ def resolve_dtype(name: str | None):
   """A dtype from its name; None or "auto" means bfloat16 on accelerators, float32 on CPU."""
   if name in (None, "auto"):
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  if name not in DTYPES:
-    raise ValueError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
+  check_one_of("dtype", name, ["auto", *DTYPES])
   return DTYPES[name]

@@ -7,6 +7,7 @@ import dataclasses
 
 from bitjax.quant import quantizers
 from bitjax.quant.quantizers import ACTIVATION_BITS, WeightQuantizer
+from bitjax.schema import check_one_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,7 @@ def resolve_precision(
   None keeps the preset's value; `act_bits=0` turns activation quantization
   off (e.g. a weight-only ternary model).
   """
-  if precision not in PRECISIONS:
-    raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+  check_one_of("precision", precision, PRECISIONS)
   overrides = {}
   if weight_quant is not None:
     overrides["weight"] = weight_quant

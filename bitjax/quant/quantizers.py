@@ -22,15 +22,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from bitjax.schema import check_one_of
+
 ACTIVATION_BITS = tuple(range(2, 17))
 SCALE_EPS = 1e-5
 PACKINGS = ("ternary",)  # bitjax.kernels' bitjax-ternary-v1 format (codes in {-1, 0, 1})
 LR_RECIPES = ("low_bit", "full_precision")
-
-
-def _check_one_of(name: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +51,8 @@ class WeightQuantizer:
     if not isinstance(self.name, str) or not self.name:
       raise ValueError(f"name={self.name!r} must be a non-empty string")
     if self.packing is not None:
-      _check_one_of("packing", self.packing, PACKINGS)
-    _check_one_of("lr_recipe", self.lr_recipe, LR_RECIPES)
+      check_one_of("packing", self.packing, PACKINGS)
+    check_one_of("lr_recipe", self.lr_recipe, LR_RECIPES)
 
   @property
   def quantized(self) -> bool:
@@ -96,13 +93,13 @@ def register_activation_quantizer(record: ActivationQuantizer) -> None:
 
 def weight_quantizer(method: str, *, name: str = "method") -> WeightQuantizer:
   """The registered record called `method`; `name` is the argument an error names."""
-  _check_one_of(name, method, WEIGHT_QUANTIZERS)
+  check_one_of(name, method, WEIGHT_QUANTIZERS)
   return WEIGHT_QUANTIZERS[method]
 
 
 def activation_quantizer(granularity: str, *, name: str = "granularity") -> ActivationQuantizer:
   """The registered record for `granularity`; `name` is the argument an error names."""
-  _check_one_of(name, granularity, ACTIVATION_QUANTIZERS)
+  check_one_of(name, granularity, ACTIVATION_QUANTIZERS)
   return ACTIVATION_QUANTIZERS[granularity]
 
 
@@ -200,7 +197,7 @@ def quantize_activation(
   or the whole tensor (`tensor`, shape ()). Codes are int8 up to 8 bits,
   int32 above.
   """
-  _check_one_of("bits", bits, ACTIVATION_BITS)
+  check_one_of("bits", bits, ACTIVATION_BITS)
   return activation_quantizer(granularity).quantize(x, bits)
 
 

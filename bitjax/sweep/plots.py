@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from bitjax.train import files
+from bitjax import files
 
 STYLES = {  # precision: (colour, marker); full precision in blues, quantized in warm tones
     "fp32": ("#08306b", "v"),

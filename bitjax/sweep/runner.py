@@ -3,7 +3,7 @@
 A run is finished when WORKDIR/NAME/result.json exists; it is written last, after
 the run's summary, so a killed sweep rerun with the same command trains only what
 is missing and leaves finished results untouched. WORKDIR may be a gs:// URL
-(bitjax.train.files). `--task_index/--num_tasks`
+(bitjax.files). `--task_index/--num_tasks`
 splits the runs over a job array (or one TPU slice per share).
 """
 
@@ -15,7 +15,7 @@ import json
 import os
 
 from bitjax.sweep.spec import Run, check_unique, load_sweep, run_group
-from bitjax.train import files
+from bitjax import files
 
 RESULT_FILE = "result.json"
 RESULTS_CSV = "results.csv"

@@ -11,7 +11,7 @@ import numpy as np
 
 from bitjax.sweep import runner
 from bitjax.sweep.table import Column, format_table
-from bitjax.train import files
+from bitjax import files
 
 RESULTS_MD = "results.md"
 

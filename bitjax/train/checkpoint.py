@@ -7,7 +7,7 @@ import os
 
 import orbax.checkpoint as ocp
 
-from bitjax.train import files
+from bitjax import files
 
 
 class Checkpointer:

@@ -22,7 +22,7 @@ import ml_collections
 from bitjax.models import ModelConfig
 from bitjax.parallel import MeshConfig
 from bitjax.schema import POSITIVE_INT, Section, field
-from bitjax.train import files
+from bitjax import files
 from bitjax.train.optim import DERIVED_FIELDS, OptimConfig
 
 SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
@@ -158,7 +158,7 @@ def upgrade_record(saved: dict, recipe: str) -> dict:
 def check_workdir(workdir: str) -> str:
   """Refuse a workdir path that exists as a file (or a URL scheme that is not supported);
   create the directory otherwise. A workdir may be a local path or a gs:// URL
-  (bitjax.train.files)."""
+  (bitjax.files)."""
   if not workdir:
     raise ValueError("--workdir is required")
   if files.exists(workdir) and not files.isdir(workdir):

@@ -13,7 +13,7 @@ import uuid
 from absl import logging
 
 from bitjax.parallel.chips import peak_tflops
-from bitjax.train import files
+from bitjax import files
 
 
 def lm_metrics(loss_sum: float, tokens: float, bytes_: float) -> dict[str, float]:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
-from bitjax.train import files
+from bitjax import files
 from bitjax.train.checkpoint import Checkpointer, guard_config
 from bitjax.train.config import (ConfigError, check_workdir, default_config, model_config,
                                  resolve_config, run_record, upgrade_record)

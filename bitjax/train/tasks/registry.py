@@ -22,7 +22,7 @@ TASKS: dict[str, type[Task]] = {
 
 
 def task_class(name: str) -> type[Task]:
-  check_one_of("task", name, TASKS)
+  check_one_of("config.task", name, TASKS)
   return TASKS[name]
 
 
