@@ -161,7 +161,7 @@ def test_tabular_datasets_load_offline_with_a_fixed_split(name):
   overall = np.bincount(np.concatenate([s["labels"] for s in data.splits.values()]))
   share = np.bincount(train["labels"], minlength=data.num_classes) / overall
   assert np.abs(share - 0.7).max() < 0.05
-  with pytest.raises(ValueError, match="tabular dataset 'iris' is not one of"):
+  with pytest.raises(ValueError, match="config.data.name='iris' is not one of"):
     tabular.load_tabular("iris")
 
 

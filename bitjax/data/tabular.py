@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from bitjax.data.splits import stratified_split
+from bitjax.schema import check_one_of
 
 TABULAR_DATASETS = ("digits", "breast_cancer", "wine")
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
@@ -45,8 +46,7 @@ def standardized(splits: dict[str, dict]) -> dict[str, dict]:
 def load_tabular(name: str, seed: int = 0) -> Classification:
   """digits, breast_cancer or wine: stratified train/validation/test (70/10/20) from
   `seed`, features standardised with the train split's statistics."""
-  if name not in TABULAR_DATASETS:
-    raise ValueError(f"tabular dataset {name!r} is not one of {list(TABULAR_DATASETS)}")
+  check_one_of("config.data.name", name, TABULAR_DATASETS)
   from sklearn import datasets  # Deferred: only these loaders need scikit-learn.
 
   bunch = getattr(datasets, f"load_{name}")()
