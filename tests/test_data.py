@@ -219,7 +219,7 @@ def test_byte_tokenizer_layout():
   cfg = types.SimpleNamespace(tokenizer="byte")
   assert isinstance(data.get_tokenizer(cfg), data.ByteTokenizer)
   with pytest.raises(ValueError, match=r"config.data.tokenizer='spm' is not"
-                     r" one of \['byte'\]"):
+                     r" one of \['byte', 'bpe', 'sentencepiece'\]"):
     data.get_tokenizer(types.SimpleNamespace(tokenizer="spm"))
 
 

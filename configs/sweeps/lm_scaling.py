@@ -19,7 +19,7 @@ from flax import nnx
 
 from bitjax.models import Decoder, DecoderConfig, count_params
 from bitjax.sweep.spec import make_runs, product
-from bitjax.train.config import load_config, parse_config_arg
+from bitjax.train.config import load_config, parse_config_arg, resolve_config
 
 # configs/lm.py, relative to the working directory so results name it portably.
 LM = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lm.py"))
@@ -61,7 +61,7 @@ def steps_for(size: str, tokens_per_param: int) -> int:
 
 @functools.cache
 def non_embedding_params(size: str) -> int:
-  config = load_config(f"{LM}:{size}")
+  config = resolve_config(load_config(f"{LM}:{size}"))
   model = nnx.eval_shape(lambda: Decoder(DecoderConfig.from_mapping(config.model),
                                          rngs=nnx.Rngs(0)))
   return count_params(model)["non_embedding"]
