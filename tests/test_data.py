@@ -403,7 +403,8 @@ def test_stdlib_eval_batches(stdlib_dir):
 @pytest.mark.parametrize("field, value, message", [
     ("name", "foo",
      "config.data.name='foo' is not one of ['stdlib', 'text_dir', 'tfds']"),
-    ("tokenizer", "bpe", "config.data.tokenizer='bpe' is not one of ['byte']"),
+    ("tokenizer", "wordpiece",
+     "config.data.tokenizer='wordpiece' is not one of ['byte', 'bpe', 'sentencepiece']"),
     ("text_key", "content", "config.data.text_key='content' is not one of"),
     ("train_split", "test", "config.data.train_split='test' is not one of"),
     ("eval_split", "", "config.data.eval_split='' must be a non-empty string"),
