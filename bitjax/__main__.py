@@ -8,6 +8,10 @@
   python -m bitjax plot    --workdir runs/scaling
   python -m bitjax compile --config configs/lm.py:3b,precision=b1.58 --topology v5p:4x4x4
                            [--config.mesh.fsdp=-1 --config.mesh.data=1 --num_slices=2]
+  python -m bitjax tokenizer --config configs/lm.py:nano --vocab_size 1024 --out runs/bpe1024
+                           [--kind sentencepiece]  (trained on the corpus's train split)
+  python -m bitjax generate --workdir runs/t --prompt "def " [--max_new_tokens 64
+                           --temperature 0 --top_k K --top_p P --seed 0 --step S]
 
 `--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
 train / compare / sweep join a multi-process job first.
@@ -18,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "sweep", "plot", "compile")
+COMMANDS = ("train", "compare", "sweep", "plot", "compile", "tokenizer", "generate")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -27,6 +31,17 @@ flags.DEFINE_integer("task_index", 0, "`sweep`: which share of the runs this pro
 flags.DEFINE_integer("num_tasks", 1, "`sweep`: into how many shares the runs are split.")
 flags.DEFINE_string("topology", None, "`compile`: TPU slice to compile for, e.g. v5e:4x4, v5p:4x4x4.")
 flags.DEFINE_integer("num_slices", 1, "`compile`: how many such slices (config.mesh.dcn_* split them).")
+flags.DEFINE_integer("vocab_size", None, "`tokenizer`: the vocabulary size to train.")
+flags.DEFINE_string("out", None, "`tokenizer`: a new directory to save the tokenizer in.")
+flags.DEFINE_enum("kind", "bpe", ["bpe", "sentencepiece"],
+                  "`tokenizer`: byte-level BPE (Hugging Face tokenizers) or SentencePiece.")
+flags.DEFINE_string("prompt", None, "`generate`: the text to continue.")
+flags.DEFINE_integer("max_new_tokens", 64, "`generate`: how many tokens to add at most.")
+flags.DEFINE_float("temperature", 0.0, "`generate`: 0 is greedy; else the sampling temperature.")
+flags.DEFINE_integer("top_k", None, "`generate`: sample among the k most likely tokens.")
+flags.DEFINE_float("top_p", None, "`generate`: nucleus sampling mass, in (0, 1].")
+flags.DEFINE_integer("seed", 0, "`generate`: the sampling seed.")
+flags.DEFINE_integer("step", None, "`generate`: the checkpoint step (default: the newest).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Call jax.distributed.initialize(): auto = when the environment describes a "
                   "multi-process job (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and "
@@ -39,6 +54,8 @@ def _define_config_flag(command):
   names a sweep file whose get_sweep(arg) lists the runs."""
   if command == "sweep":
     flags.DEFINE_string("config", None, "Sweep file, e.g. configs/sweeps/lm_scaling.py:cpu")
+  elif command == "generate":
+    pass  # the run's own config.json
   else:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
                                     lock_config=True)
@@ -54,12 +71,22 @@ def main(argv):
   if command == "compile":
     if FLAGS.config is None or not FLAGS.topology:
       raise app.UsageError("`compile` needs --config and --topology (e.g. v5e:4x4)")
+  elif command == "tokenizer":
+    if FLAGS.config is None or not FLAGS.out or FLAGS.vocab_size is None:
+      raise app.UsageError("`tokenizer` needs --config, --vocab_size and --out")
+  elif command == "generate":
+    if not FLAGS.workdir or FLAGS.prompt is None:
+      raise app.UsageError("`generate` needs --workdir and --prompt")
   elif not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
     raise app.UsageError("--workdir is required, and --config for all but `plot`")
   from bitjax.train.config import ConfigError
   try:
     if command == "compile":
       _compile()
+    elif command == "tokenizer":
+      _train_tokenizer()
+    elif command == "generate":
+      _generate()
     else:
       from bitjax.parallel import initialize_distributed
       try:
@@ -89,6 +116,50 @@ def _compile():
   except (ValueError, RuntimeError) as e:  # a bad --topology, or no libtpu
     sys.exit(f"bitjax compile: {e}")
   print(format_report(report))
+
+
+def _train_tokenizer():
+  """Train a subword tokenizer on the train split of the config's corpus, into --out."""
+  import time
+
+  from bitjax.data import builders
+  from bitjax.data.tokenizers import train_tokenizer
+  from bitjax.train.config import resolve_config
+
+  data = resolve_config(FLAGS.config).data
+  source = builders.data_source(data, data.train_split)
+  texts = (_text(source[i][data.text_key]) for i in range(len(source)))
+  start = time.perf_counter()
+  try:
+    tokenizer = train_tokenizer(texts, FLAGS.kind, FLAGS.vocab_size, FLAGS.out)
+  except ValueError as e:
+    sys.exit(f"bitjax tokenizer: {e}")
+  print(f"{FLAGS.kind} tokenizer of {tokenizer.vocab_size} ids, trained on {len(source)} "
+        f"documents in {time.perf_counter() - start:.1f} s: {FLAGS.out}\n"
+        f"train with --config.data.tokenizer={FLAGS.kind} "
+        f"--config.data.tokenizer_path={FLAGS.out}")
+
+
+def _text(value) -> str:
+  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _generate():
+  """Print the continuation of --prompt by the run in --workdir."""
+  import bitjax
+
+  if not FLAGS.prompt:
+    sys.exit("bitjax generate: --prompt is empty; give the text to continue")
+  try:
+    run = bitjax.load(FLAGS.workdir, step=FLAGS.step)
+  except ValueError as e:  # no run there, no such step, a newer format
+    sys.exit(f"bitjax generate: {e}")
+  try:
+    text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                        top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
+  except ValueError as e:  # a sampling value out of range, no room in the context
+    sys.exit(f"bitjax generate: {e}")
+  print(FLAGS.prompt + text)
 
 
 def _run_command(command):

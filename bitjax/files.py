@@ -71,6 +71,13 @@ def listdir(path: str) -> list[str]:
   return os.listdir(path)
 
 
+def read_bytes(path: str) -> bytes:
+  if is_remote(path):
+    return _epath(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def read_text(path: str) -> str:
   if is_remote(path):
     return _epath(path).read_bytes().decode("utf-8")

@@ -7,6 +7,7 @@ Examples:
   configs/lm.py:700m,precision=bf16 --config.train.batch_size=256
 """
 
+from bitjax.schema import optional
 from bitjax.train.config import default_config, parse_config_arg
 
 # hidden, layers, heads, mlp hidden; CPU sizes use SwiGLU with ~2.7x expansion.
@@ -53,9 +54,9 @@ def get_config(arg: str | None = None):
 
 def _cpu_scale(config, hidden, layers, heads, mlp):
   # bfloat16 compute for every precision, as on accelerators, so a comparison differs only
-  # in quantization.
+  # in quantization. The vocabulary follows config.data.tokenizer: 264 rows for bytes.
   config.model.update(hidden_size=hidden, num_layers=layers, num_heads=heads,
-                      mlp_hidden_size=mlp, vocab_size=264, compute_dtype="bfloat16")
+                      mlp_hidden_size=mlp, vocab_size=optional(int), compute_dtype="bfloat16")
   config.train.update(seq_len=256, batch_size=16, steps=300, eval_every=100, eval_batches=8,
                       log_every=20, checkpoint_every=100)
   # One peak rate for both at CPU scale (4e-3 beat 2e-3 and 8e-3 for bf16 on nano and micro

@@ -219,7 +219,7 @@ def test_byte_tokenizer_layout():
   cfg = types.SimpleNamespace(tokenizer="byte")
   assert isinstance(data.get_tokenizer(cfg), data.ByteTokenizer)
   with pytest.raises(ValueError, match=r"config.data.tokenizer='spm' is not"
-                     r" one of \['byte'\]"):
+                     r" one of \['byte', 'bpe', 'sentencepiece'\]"):
     data.get_tokenizer(types.SimpleNamespace(tokenizer="spm"))
 
 
@@ -403,7 +403,8 @@ def test_stdlib_eval_batches(stdlib_dir):
 @pytest.mark.parametrize("field, value, message", [
     ("name", "foo",
      "config.data.name='foo' is not one of ['stdlib', 'text_dir', 'tfds']"),
-    ("tokenizer", "bpe", "config.data.tokenizer='bpe' is not one of ['byte']"),
+    ("tokenizer", "wordpiece",
+     "config.data.tokenizer='wordpiece' is not one of ['byte', 'bpe', 'sentencepiece']"),
     ("text_key", "content", "config.data.text_key='content' is not one of"),
     ("train_split", "test", "config.data.train_split='test' is not one of"),
     ("eval_split", "", "config.data.eval_split='' must be a non-empty string"),

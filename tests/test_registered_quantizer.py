@@ -110,7 +110,7 @@ def test_trains_a_nano_decoder_that_packs(per_channel, tmp_path):
 
   packed, report = pack_model(model, backend="xla")
   assert report.layers == 7 * config.model.num_layers
-  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.model.vocab_size, (2, 16)))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, model.cfg.vocab_size, (2, 16)))
   want, got = np.asarray(model(tokens)), np.asarray(packed(tokens))
   assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
 

@@ -63,7 +63,7 @@ def eval_records(workdir):
 @pytest.mark.parametrize("precision", ["bf16", "b1.58"])
 def test_validation_loss_falls_clearly(trained, precision):
   config, workdir, summary = trained[precision]
-  chance = np.log(config.model.vocab_size)
+  chance = np.log(resolve_config(config).model.vocab_size)
   assert summary["eval_loss"] < chance - 1.5, summary
   records = eval_records(workdir)
   assert [r["step"] for r in records] == [60, 120]
@@ -75,7 +75,7 @@ def test_validation_loss_falls_clearly(trained, precision):
 
 
 def restore_model(config, workdir):
-  model_cfg = DecoderConfig.from_mapping(config.model)
+  model_cfg = validate_config(config)
   tx = optim.make_optimizer(resolve_config(config).optim, config.train.steps)
   layout = state_layout(model_cfg, tx, 123, make_mesh(devices=jax.devices()[:1]), Decoder)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 2)

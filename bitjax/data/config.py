@@ -39,6 +39,9 @@ class CorpusData(Section):
   train_split: str = field("train", rule=NON_EMPTY_STR)
   eval_split: str = field("validation", rule=NON_EMPTY_STR)
   tokenizer: str = field("byte", allowed=tokenizers.TOKENIZERS)
+  # For a subword tokenizer: a tokenizer.json (bpe) or .model file (sentencepiece), or a
+  # directory holding one (`python -m bitjax tokenizer --out DIR`, a model folder).
+  tokenizer_path: str | None = field(None, rule=NON_EMPTY_STR)
   # Training windows are shuffled within blocks of this many windows, so a
   # batch mixes many documents instead of consecutive pieces of one; 0: off.
   shuffle_window: int = field(2048, rule=NON_NEGATIVE_INT)
@@ -49,6 +52,10 @@ class CorpusData(Section):
       local = os.path.expanduser(self.data_dir)
       if "://" not in self.data_dir and os.path.exists(local) and not os.path.isdir(local):
         raise self.error("data_dir", "exists but is not a directory")
+    if (self.tokenizer == "byte") != (self.tokenizer_path is None):
+      raise self.error("tokenizer_path", "must name the tokenizer's file or directory when "
+                       "config.data.tokenizer is 'bpe' or 'sentencepiece', and be None for "
+                       "'byte'")
     if self.name == "tfds":
       if self.tfds_name is None:
         raise self.error("tfds_name", "must be a non-empty string when config.data.name='tfds'")

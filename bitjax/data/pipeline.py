@@ -27,7 +27,7 @@ EVAL_SPREAD = 64
 class _TokenizeDocument:
   """Example dict -> {'tokens': int32[n + 1]}: the text's ids, then EOS."""
 
-  tokenizer: tokenizers.ByteTokenizer
+  tokenizer: tokenizers.Tokenizer
   text_key: str
 
   def __call__(self, example) -> dict[str, np.ndarray]:
@@ -146,7 +146,7 @@ def make_train_iterator(
   rows [i * B, (i + 1) * B) with B = global_batch_size // process_count, so
   the global stream, and hence training, is the same for any process count;
   each process tokenizes and packs the whole stream to get there (cheap for
-  the byte tokenizer).
+  the byte tokenizer; a subword tokenizer encodes in Rust or C++).
 
   `get_state()` / `set_state()` on the iterator resume exactly where it was,
   also after the state went through JSON (as grain's checkpoint handler does).

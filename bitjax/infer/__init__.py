@@ -1,7 +1,8 @@
 """Inference: serving BitDense layers on packed ternary weights, and generation with a
 key-value cache."""
 
-from bitjax.infer.generation import generate
+from bitjax.infer.generation import generate, generate_text
 from bitjax.infer.packed import PackReport, export_packed, import_packed, pack_model
 
-__all__ = ["PackReport", "export_packed", "generate", "import_packed", "pack_model"]
+__all__ = ["PackReport", "export_packed", "generate", "generate_text", "import_packed",
+           "pack_model"]

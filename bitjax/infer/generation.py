@@ -78,6 +78,30 @@ def generate(model: nnx.Module, prompt_ids: Sequence, max_new_tokens: int,
           for row, generated in zip(rows, new)]
 
 
+def generate_text(model: nnx.Module, tokenizer, prompts: str | Sequence[str],
+                  max_new_tokens: int, **sampling) -> str | list[str]:
+  """Continue text prompts: each is encoded with `tokenizer` after its EOS id (the
+  separator the training stream puts before every document, so a prompt reads as the
+  start of one), decoded until the row emits EOS. `sampling` takes generate's
+  temperature, top_k, top_p, seed and max_context.
+
+  Returns the continuation (the new text only) of each prompt; one string for one
+  string prompt.
+  """
+  single = isinstance(prompts, str)
+  texts = [prompts] if single else list(prompts)
+  if not texts or not all(isinstance(text, str) for text in texts):
+    raise ValueError(f"prompts: expected a string or a list of strings; got {prompts!r:.80}")
+  for i, text in enumerate(texts):
+    if not text:
+      raise ValueError(f"prompts[{i}] is empty; give the text to continue")
+  rows = [np.concatenate([[tokenizer.eos_id], tokenizer.encode(text)]).astype(np.int32)
+          for text in texts]
+  outputs = generate(model, rows, max_new_tokens, eos_id=tokenizer.eos_id, **sampling)
+  continuations = [tokenizer.decode(out[len(row):]) for row, out in zip(rows, outputs)]
+  return continuations[0] if single else continuations
+
+
 def check_context(model: nnx.Module, prompt_len: int, max_new_tokens: int,
                   max_context: int | None = None) -> None:
   """ValueError unless the longest prompt plus `max_new_tokens` fits the context:

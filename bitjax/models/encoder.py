@@ -25,7 +25,7 @@ from bitjax.schema import Rule, field
 
 
 def check_token_id(cfg: TransformerConfig, name: str) -> None:
-  if not 0 <= getattr(cfg, name) < cfg.vocab_size:
+  if cfg.vocab_size is not None and not 0 <= getattr(cfg, name) < cfg.vocab_size:
     raise cfg.error(name, f"must be a token id in [0, config.model.vocab_size={cfg.vocab_size})")
 
 

@@ -29,7 +29,9 @@ HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of the hidden states
 class TransformerConfig(ModelConfig):
   """Architecture fields shared by every Transformer's `config.model`."""
 
-  vocab_size: int = field(264, rule=POSITIVE_INT)
+  # None in a config: the task's tokenizer decides (bitjax.train.config.resolve_config);
+  # a model is always built from a resolved, integer size.
+  vocab_size: int | None = field(264, rule=POSITIVE_INT)
   hidden_size: int = field(128, rule=POSITIVE_INT)
   num_layers: int = field(2, rule=POSITIVE_INT)
   num_heads: int = field(4, rule=POSITIVE_INT)

@@ -10,18 +10,46 @@ import orbax.checkpoint as ocp
 from bitjax import files
 
 
-class Checkpointer:
-  """Saves (train state, data iterator state) per step; keeps the newest few."""
+# The layout of a workdir (config.json, checkpoints/, tokenizer/, ...) this version writes;
+# RUN_MARKER holds it, and a workdir of a higher format is refused rather than misread.
+RUN_FORMAT = 1
+RUN_MARKER = "bitjax_run.json"
 
-  def __init__(self, directory: str, max_to_keep: int):
+
+def check_run_format(workdir: str, write: bool) -> None:
+  """Refuse a workdir written by a newer bitjax (RUN_MARKER's format above RUN_FORMAT);
+  if `write`, record this version's format in a workdir that has none. A workdir from
+  before the marker existed is format 1."""
+  path = os.path.join(workdir, RUN_MARKER)
+  if files.exists(path):
+    found = json.loads(files.read_text(path)).get("format")
+    if not isinstance(found, int) or found > RUN_FORMAT:
+      raise ValueError(f"workdir {workdir!r} was written by a newer bitjax (run format "
+                       f"{found!r}; this version reads up to {RUN_FORMAT}); upgrade bitjax")
+  elif write:
+    files.write_text(path, json.dumps({"format": RUN_FORMAT}) + "\n")
+
+
+class Checkpointer:
+  """Saves (train state, data iterator state) per step; keeps the newest few.
+
+  `for_reading` (bitjax.load: no max_to_keep, no directory created, never saved to)
+  creates and deletes nothing, so it may open the checkpoints of a run that is still
+  training; Orbax lists only committed steps.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int | None, for_reading: bool = False):
     # Orbax takes gs:// URLs as they are (tensorstore writes the arrays there).
     self.manager = ocp.CheckpointManager(
         files.absolute(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not for_reading),
     )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(

@@ -26,6 +26,9 @@ from bitjax import files
 from bitjax.train.optim import DERIVED_FIELDS, OptimConfig
 
 SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
+# A vocabulary size left to the tokenizer is rounded up to a multiple of this, as the byte
+# configs always were (259 ids -> 264 rows), so embeddings and logits tile evenly.
+VOCAB_MULTIPLE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +94,9 @@ class ConfigError(ValueError):
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with every derived field filled (config.optim's DERIVED_FIELDS:
-  the rates and schedule of the model's learning-rate recipe, unless set), after checking every
-  section. Call it after the overrides, so the recipe follows the final precision; a
+  the rates and schedule of the model's learning-rate recipe, unless set; a
+  config.model.vocab_size of None: the task's tokenizer's, see derived_vocab_size),
+  after checking every section. Call it after the overrides, so the recipe follows the final precision; a
   resolved config resolves to itself. Raises ConfigError naming the field."""
   try:
     return _resolve(config)
@@ -107,15 +111,27 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if section not in config:
       raise ValueError(f"config has no section {section!r}; expected {', '.join(SECTIONS)}")
   task = get_task(config)
-  model = task.config_class.from_mapping(config.model)
+  task.data_class.from_mapping(config.data)  # before the tokenizer it names is read
+  resolved = copy.deepcopy(config)
+  if "vocab_size" in config.model and config.model.vocab_size is None:
+    resolved.model.vocab_size = derived_vocab_size(task)
+  model = task.config_class.from_mapping(resolved.model)
   MeshConfig.from_mapping(config.mesh)
   TrainConfig.from_mapping(config.train)
-  task.data_class.from_mapping(config.data)
   task.validate(model)
   optim = OptimConfig.from_mapping(config.optim).resolved(model.spec.lr_recipe)
-  resolved = copy.deepcopy(config)
   resolved.optim.update({name: getattr(optim, name) for name in DERIVED_FIELDS})
   return resolved
+
+
+def derived_vocab_size(task) -> int:
+  """The ids the task's tokenizer needs (with the task's extra ids: [MASK], sentinels),
+  rounded up to VOCAB_MULTIPLE: 264 for the byte tokenizer's 259."""
+  needed = task.vocab_size_needed()
+  if needed is None:
+    raise ValueError(f"config.model.vocab_size=None follows a tokenizer, and "
+                     f"config.task={task.config.task!r} has none; set an integer")
+  return -(-needed // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:

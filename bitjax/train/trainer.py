@@ -14,10 +14,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from bitjax.data.tokenizers import MARKER as TOKENIZER_MARKER
 from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
 from bitjax import files
-from bitjax.train.checkpoint import Checkpointer, guard_config
+from bitjax.train.checkpoint import Checkpointer, check_run_format, guard_config
 from bitjax.train.config import (ConfigError, check_workdir, default_config, model_config,
                                  resolve_config, run_record, upgrade_record)
 from bitjax.train.metrics import MetricWriter
@@ -63,6 +64,18 @@ def _run_summary(config, task, model_cfg, model, num_params, eval_metrics, wall,
   }
 
 
+TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, under its workdir, for bitjax.load
+
+
+def save_tokenizer(task, workdir: str) -> None:
+  """Save the task's tokenizer (if it has one) as WORKDIR/tokenizer/, once: a run keeps
+  the tokenizer it was trained with even if config.data.tokenizer_path later changes."""
+  tokenizer = task.tokenizer()
+  directory = os.path.join(workdir, TOKENIZER_DIR)
+  if tokenizer is not None and not files.exists(os.path.join(directory, TOKENIZER_MARKER)):
+    tokenizer.save(directory)
+
+
 def make_config_mesh(config: ml_collections.ConfigDict, task, devices=None) -> Mesh:
   """The mesh `config.mesh` asks for over `devices` (default: all), checked against the
   batch size where the task splits batches by rows; a ConfigError naming the field
@@ -93,9 +106,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   task = get_task(config)
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
+  check_run_format(workdir, write=lead)
   guard_config(workdir, run_record(config), write=lead,
                defaults=run_record(default_config(config.task)),
                upgrade=lambda saved: upgrade_record(saved, model_cfg.spec.lr_recipe))
+  if lead:
+    save_tokenizer(task, workdir)
   summary_path = os.path.join(workdir, "summary.json")
   tcfg = config.train
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.max_checkpoints)

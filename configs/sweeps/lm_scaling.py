@@ -8,6 +8,13 @@ Presets:
   cpu_chinchilla  nano .. mini x 5, 10, 20, 40 tokens per parameter x bf16, b1.58
   paper           the BitNet b1.58 shapes 700m .. 3.9b x bf16, b1.58, 100B tokens each
   paper_chinchilla  700m .. 3b x 10, 20, 40 tokens per parameter x bf16, b1.58
+  cpu_tokenizers  nano x bf16, b1.58 x bytes, a 1024-id byte-level BPE: bits per byte compare
+                  them (300 steps of 16 x 128 tokens each). The BPE is trained offline first,
+                  on the corpus's train split (about 15 s):
+                    python -m bitjax tokenizer --config configs/lm.py:nano --vocab_size 1024 \
+                      --out runs/bpe1024
+                  then `--config configs/sweeps/lm_scaling.py:cpu_tokenizers` (another
+                  directory: `cpu_tokenizers,bpe=DIR`).
 """
 
 import functools
@@ -19,18 +26,21 @@ from flax import nnx
 
 from bitjax.models import Decoder, DecoderConfig, count_params
 from bitjax.sweep.spec import make_runs, product
-from bitjax.train.config import load_config, parse_config_arg
+from bitjax.train.config import ConfigError, load_config, parse_config_arg, resolve_config
 
 # configs/lm.py, relative to the working directory so results name it portably.
 LM = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lm.py"))
-PRESETS = ("cpu", "cpu_large", "cpu_chinchilla", "paper", "paper_chinchilla")
+PRESETS = ("cpu", "cpu_large", "cpu_chinchilla", "paper", "paper_chinchilla", "cpu_tokenizers")
+BPE_DIR = os.path.join("runs", "bpe1024")  # where the cpu_tokenizers preset's BPE is made
 
 
 def get_sweep(arg=None):
-  args = parse_config_arg(arg, preset="cpu", seeds=1)
+  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR)
   if args.preset not in PRESETS:
     raise ValueError(f"sweep preset {args.preset!r} is not one of {list(PRESETS)}")
   seeds = list(range(args.seeds))
+  if args.preset == "cpu_tokenizers":
+    return tokenizer_runs(args.bpe, seeds)
   if args.preset in ("cpu", "cpu_large"):
     large = args.preset == "cpu_large"
     items = product(size=["nano", "micro", "tiny", *(["mini", "small"] if large else [])],
@@ -52,6 +62,20 @@ def get_sweep(arg=None):
   return make_runs(LM, items)
 
 
+def tokenizer_runs(bpe_dir: str, seeds: list[int]):
+  """nano in bf16 and b1.58, on bytes and on the BPE in `bpe_dir`; the vocabulary follows
+  each tokenizer (config.model.vocab_size None)."""
+  if not os.path.isfile(os.path.join(bpe_dir, "tokenizer.json")):
+    raise ConfigError(f"cpu_tokenizers: bpe={bpe_dir!r} holds no tokenizer.json; make it with "
+                      f"`python -m bitjax tokenizer --config {LM}:nano --vocab_size 1024 "
+                      f"--out {bpe_dir}`")
+  shared = {"train.seq_len": 128}
+  items = lambda tokenizer: product(size=["nano"], precision=["bf16", "b1.58"],
+                                    **{"data.tokenizer": [tokenizer], "train.seed": seeds})
+  return [*make_runs(LM, items("byte"), shared=shared),
+          *make_runs(LM, items("bpe"), shared={**shared, "data.tokenizer_path": bpe_dir})]
+
+
 def steps_for(size: str, tokens_per_param: int) -> int:
   """Steps that give `tokens_per_param` training tokens per non-embedding parameter."""
   config = load_config(f"{LM}:{size}")
@@ -61,7 +85,7 @@ def steps_for(size: str, tokens_per_param: int) -> int:
 
 @functools.cache
 def non_embedding_params(size: str) -> int:
-  config = load_config(f"{LM}:{size}")
+  config = resolve_config(load_config(f"{LM}:{size}"))
   model = nnx.eval_shape(lambda: Decoder(DecoderConfig.from_mapping(config.model),
                                          rngs=nnx.Rngs(0)))
   return count_params(model)["non_embedding"]

@@ -57,6 +57,16 @@ class Task(abc.ABC):
     """The config.data section with its defaults, from the task's data schema."""
     return cls.data_class.config_dict()
 
+  def tokenizer(self):
+    """The tokenizer of the task's text (bitjax.data.tokenizers), None for tasks without
+    one; the trainer saves it with the run, and bitjax.load returns it."""
+    return None
+
+  def vocab_size_needed(self) -> int | None:
+    """The token ids the model must embed (the tokenizer's and any extra ids), for a
+    `config.model.vocab_size` of None; None for tasks without a tokenizer."""
+    return None
+
   def validate(self, model_cfg) -> None:
     """Checks beyond the two sections' schemas: the model fields that must fit the data
     (feature and class counts, vocabulary room); ValueError naming them."""

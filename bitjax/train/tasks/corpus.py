@@ -61,8 +61,11 @@ class MaskedLM(CorpusTask):
   config_class, model_class = models.EncoderConfig, models.Encoder
   data_class = loaders.MaskedLMData
 
+  def vocab_size_needed(self):
+    return self.tokenizer().vocab_size + 1  # and [MASK]
+
   def validate(self, model_cfg):
-    needed = self.tokenizer().vocab_size + 1
+    needed = self.vocab_size_needed()
     if model_cfg.vocab_size < needed:
       raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} leaves no room for "
                        f"the [MASK] id; it must be >= {needed}")
@@ -87,9 +90,12 @@ class Seq2Seq(InMemoryRows, CorpusTask):
   config_class, model_class = models.EncDecConfig, models.EncoderDecoder
   data_class = loaders.Seq2SeqData
 
+  def vocab_size_needed(self):
+    return self.tokenizer().vocab_size + 1 + self.config.data.max_sentinels  # and sentinels
+
   def validate(self, model_cfg):
     data = self.config.data
-    needed = self.tokenizer().vocab_size + 1 + data.max_sentinels
+    needed = self.vocab_size_needed()
     if data.objective == "span_corruption" and model_cfg.vocab_size < needed:
       raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} leaves no room for "
                        f"config.data.max_sentinels={data.max_sentinels} sentinels; it must "

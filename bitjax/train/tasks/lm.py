@@ -39,13 +39,20 @@ class LanguageModeling(Task):
   unit = "tokens"
   flops_counted_by = "analytic (6 x matmul parameters + attention, per token x tokens)"
 
-  def validate(self, model_cfg):
+  def tokenizer(self):
     from bitjax.data import get_tokenizer
 
-    vocab = get_tokenizer(self.config.data).vocab_size
+    return get_tokenizer(self.config.data)
+
+  def vocab_size_needed(self):
+    return self.tokenizer().vocab_size
+
+  def validate(self, model_cfg):
+    vocab = self.vocab_size_needed()
     if model_cfg.vocab_size < vocab:
       raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "
-                       f"{self.config.data.tokenizer!r} tokenizer's vocabulary ({vocab})")
+                       f"{self.config.data.tokenizer!r} tokenizer's vocabulary ({vocab}); "
+                       f"use at least {vocab}, or None to follow the tokenizer")
 
   def batch_sharding(self, mesh):
     return token_batch_sharding(mesh, self.config.train.batch_size, self.config.train.seq_len)
@@ -74,9 +81,7 @@ class LanguageModeling(Task):
     return next_token_loss(model, batch, rng)
 
   def eval_sums(self, model, batch, rng=None):
-    from bitjax.data import get_tokenizer
-
-    bytes_per_token = jnp.asarray(get_tokenizer(self.config.data).bytes_per_token)
+    bytes_per_token = jnp.asarray(self.tokenizer().bytes_per_token)
     logits = model(batch["inputs"])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32),
