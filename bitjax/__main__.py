@@ -8,6 +8,8 @@
   python -m bitjax plot    --workdir runs/scaling
   python -m bitjax compile --config configs/lm.py:3b,precision=b1.58 --topology v5p:4x4x4
                            [--config.mesh.fsdp=-1 --config.mesh.data=1 --num_slices=2]
+  python -m bitjax eval    --workdir runs/t --tasks bitjax_local
+                           [--limit=N --num_fewshot=K --batch_size=B]  (the `eval` extra)
 
 `--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
 train / compare / sweep join a multi-process job first.
@@ -18,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "sweep", "plot", "compile")
+COMMANDS = ("train", "compare", "sweep", "plot", "compile", "eval")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -32,6 +34,11 @@ flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "multi-process job (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and "
                   "JAX_PROCESS_ID off TPU/Slurm; several TPU_WORKER_HOSTNAMES; Slurm); on Cloud "
                   "TPU VM pod slices pass `on`.")
+flags.DEFINE_list("tasks", [], "`eval`: lm-evaluation-harness tasks, e.g. bitjax_local or "
+                  "arc_easy,hellaswag.")
+flags.DEFINE_integer("limit", None, "`eval`: at most this many examples per task.")
+flags.DEFINE_integer("num_fewshot", None, "`eval`: few-shot examples (default: each task's).")
+flags.DEFINE_integer("batch_size", 8, "`eval`: requests per model call.")
 
 
 def _define_config_flag(command):
@@ -54,12 +61,14 @@ def main(argv):
   if command == "compile":
     if FLAGS.config is None or not FLAGS.topology:
       raise app.UsageError("`compile` needs --config and --topology (e.g. v5e:4x4)")
-  elif not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
-    raise app.UsageError("--workdir is required, and --config for all but `plot`")
+  elif not FLAGS.workdir or (command not in ("plot", "eval") and FLAGS.config is None):
+    raise app.UsageError("--workdir is required, and --config for all but `plot` and `eval`")
   from bitjax.train.config import ConfigError
   try:
     if command == "compile":
       _compile()
+    elif command == "eval":
+      _eval()
     else:
       from bitjax.parallel import initialize_distributed
       try:
@@ -89,6 +98,19 @@ def _compile():
   except (ValueError, RuntimeError) as e:  # a bad --topology, or no libtpu
     sys.exit(f"bitjax compile: {e}")
   print(format_report(report))
+
+
+def _eval():
+  """Evaluate the run in --workdir on lm-evaluation-harness tasks: the results JSON goes to
+  WORKDIR/eval/, the harness's table to stdout."""
+  try:
+    from bitjax.eval import evaluate_workdir, format_results
+    results, path = evaluate_workdir(FLAGS.workdir, FLAGS.tasks, limit=FLAGS.limit,
+                                     num_fewshot=FLAGS.num_fewshot, batch_size=FLAGS.batch_size)
+  except (ImportError, ValueError) as e:  # no `eval` extra; a bad task name or argument
+    sys.exit(f"bitjax eval: {e}")
+  print(format_results(results))
+  print(f"results: {path}")
 
 
 def _run_command(command):
