@@ -107,7 +107,8 @@ def _eval():
     from bitjax.eval import evaluate_workdir, format_results
     results, path = evaluate_workdir(FLAGS.workdir, FLAGS.tasks, limit=FLAGS.limit,
                                      num_fewshot=FLAGS.num_fewshot, batch_size=FLAGS.batch_size)
-  except (ImportError, ValueError) as e:  # no `eval` extra; a bad task name or argument
+  # No `eval` extra; a bad task name or argument; a harness dataset out of reach.
+  except (ImportError, ValueError, ConnectionError) as e:
     sys.exit(f"bitjax eval: {e}")
   print(format_results(results))
   print(f"results: {path}")

@@ -268,9 +268,15 @@ def evaluate(lm: LM, tasks: Sequence[str], *, limit: int | float | None = None,
   from lm_eval import simple_evaluate
 
   tasks = list(tasks)
-  return simple_evaluate(model=lm, tasks=tasks, task_manager=manager or task_manager(tasks),
-                         limit=limit, num_fewshot=num_fewshot, log_samples=log_samples,
-                         **options)
+  options.setdefault("batch_size", getattr(lm, "batch_size", None))  # recorded in the results
+  try:
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=manager or task_manager(tasks),
+                           limit=limit, num_fewshot=num_fewshot, log_samples=log_samples,
+                           **options)
+  except ConnectionError as e:  # Hugging Face datasets, offline
+    raise ConnectionError(f"{e}; the harness's own tasks download their datasets: run them "
+                          "with network, or with a Hugging Face datasets cache that holds "
+                          "them (HF_DATASETS_CACHE, HF_DATASETS_OFFLINE=1)") from e
 
 
 def write_results(results: dict, workdir: str) -> str:
