@@ -12,6 +12,8 @@
                            [--kind sentencepiece]  (trained on the corpus's train split)
   python -m bitjax generate --workdir runs/t --prompt "def " [--max_new_tokens 64
                            --temperature 0 --top_k K --top_p P --seed 0 --step S]
+  python -m bitjax eval    --workdir runs/t --tasks bitjax_local
+                           [--limit=N --num_fewshot=K --batch_size=B --step S]  (the `eval` extra)
 
 `--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
 train / compare / sweep join a multi-process job first.
@@ -22,7 +24,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "sweep", "plot", "compile", "tokenizer", "generate")
+COMMANDS = ("train", "compare", "sweep", "plot", "compile", "tokenizer", "generate", "eval")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -41,12 +43,17 @@ flags.DEFINE_float("temperature", 0.0, "`generate`: 0 is greedy; else the sampli
 flags.DEFINE_integer("top_k", None, "`generate`: sample among the k most likely tokens.")
 flags.DEFINE_float("top_p", None, "`generate`: nucleus sampling mass, in (0, 1].")
 flags.DEFINE_integer("seed", 0, "`generate`: the sampling seed.")
-flags.DEFINE_integer("step", None, "`generate`: the checkpoint step (default: the newest).")
+flags.DEFINE_integer("step", None, "`generate`, `eval`: the checkpoint step (default: the newest).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Call jax.distributed.initialize(): auto = when the environment describes a "
                   "multi-process job (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and "
                   "JAX_PROCESS_ID off TPU/Slurm; several TPU_WORKER_HOSTNAMES; Slurm); on Cloud "
                   "TPU VM pod slices pass `on`.")
+flags.DEFINE_list("tasks", [], "`eval`: lm-evaluation-harness tasks, e.g. bitjax_local or "
+                  "arc_easy,hellaswag.")
+flags.DEFINE_integer("limit", None, "`eval`: at most this many examples per task.")
+flags.DEFINE_integer("num_fewshot", None, "`eval`: few-shot examples (default: each task's).")
+flags.DEFINE_integer("batch_size", 8, "`eval`: requests per model call.")
 
 
 def _define_config_flag(command):
@@ -54,7 +61,7 @@ def _define_config_flag(command):
   names a sweep file whose get_sweep(arg) lists the runs."""
   if command == "sweep":
     flags.DEFINE_string("config", None, "Sweep file, e.g. configs/sweeps/lm_scaling.py:cpu")
-  elif command == "generate":
+  elif command in ("generate", "eval"):
     pass  # the run's own config.json
   else:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
@@ -74,6 +81,9 @@ def main(argv):
   elif command == "tokenizer":
     if FLAGS.config is None or not FLAGS.out or FLAGS.vocab_size is None:
       raise app.UsageError("`tokenizer` needs --config, --vocab_size and --out")
+  elif command == "eval":
+    if not FLAGS.workdir:
+      raise app.UsageError("`eval` needs --workdir and --tasks")
   elif command == "generate":
     if not FLAGS.workdir or FLAGS.prompt is None:
       raise app.UsageError("`generate` needs --workdir and --prompt")
@@ -87,6 +97,8 @@ def main(argv):
       _train_tokenizer()
     elif command == "generate":
       _generate()
+    elif command == "eval":
+      _eval()
     else:
       from bitjax.parallel import initialize_distributed
       try:
@@ -160,6 +172,21 @@ def _generate():
   except ValueError as e:  # a sampling value out of range, no room in the context
     sys.exit(f"bitjax generate: {e}")
   print(FLAGS.prompt + text)
+
+
+def _eval():
+  """Evaluate the run in --workdir on lm-evaluation-harness tasks: the results JSON goes to
+  WORKDIR/eval/, the harness's table to stdout."""
+  try:
+    from bitjax.eval import evaluate_workdir, format_results
+    results, path = evaluate_workdir(FLAGS.workdir, FLAGS.tasks, limit=FLAGS.limit,
+                                     num_fewshot=FLAGS.num_fewshot, batch_size=FLAGS.batch_size,
+                                     step=FLAGS.step)
+  # No `eval` extra; a bad task name or argument; a harness dataset out of reach.
+  except (ImportError, ValueError, ConnectionError) as e:
+    sys.exit(f"bitjax eval: {e}")
+  print(format_results(results))
+  print(f"results: {path}")
 
 
 def _run_command(command):
