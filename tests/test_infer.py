@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from bitjax.infer import export_packed, import_packed, pack_model
+from bitjax.kernels import unpack_ternary
 from bitjax.models import Decoder, DecoderConfig, quantized_kernels
 from bitjax.nn import BitDense
 from bitjax.quant import resolve_precision
@@ -94,6 +95,31 @@ def test_pack_model_leaves_the_trained_model_alone_and_reports_bytes(rng):
   # K=64 or 160 pads to 256 rows: 16 int32 words per column, plus one f32 scale per layer.
   assert report.packed_bytes == sum(4 * 16 * k.shape[1] + 4 for k in kernels)
   assert "bitjax-ternary-v1" in report.format_table()
+  # On CPU the serving layers also hold their ternary values as int8, and say so.
+  assert (report.platform, report.unpacked_bytes) == ("cpu", report.weights)
+  assert report.held_bytes == report.packed_bytes + report.weights
+  assert "held on cpu" in report.format_table() and "int8 unpacked" in report.format_table()
+
+
+def test_unpacked_copies_are_the_packed_weights_and_can_be_left_out(rng):
+  model = small_decoder("b1.58", int(rng.integers(1 << 16)))
+  tokens = jnp.asarray(rng.integers(0, 96, (2, 12)))
+  kept, kept_report = pack_model(model)
+  words_only, report = pack_model(model, unpacked=False)
+  assert report.unpacked_bytes == 0 and "packed only" in report.format_table()
+  assert all(layer.unpacked is None for layer in serving_layers(words_only))
+  for layer in serving_layers(kept):
+    np.testing.assert_array_equal(
+        layer.unpacked.get_value(),
+        np.asarray(unpack_ternary(layer.packed.get_value(), layer.in_features)) - 1)
+  # int8 sums are exact on both paths, so the logits are the same bits.
+  np.testing.assert_array_equal(kept(tokens), words_only(tokens))
+  assert kept_report.packed_bytes == report.packed_bytes
+  layer = BitDense(16, 8, spec=resolve_precision("b1.58"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="unpacked=True needs backend 'auto' or 'xla'"):
+    layer.serve("interpret", unpacked=True)
+  with pytest.raises(ValueError, match=r"unpacked='yes' is not one of \[None, True, False\]"):
+    layer.serve(unpacked="yes")
 
 
 def test_pack_model_refuses_a_full_precision_model():
@@ -112,6 +138,10 @@ def test_export_import_round_trip_at_1_6_bits_and_never_overwrites(rng, tmp_path
   fresh, _ = pack_model(small_decoder("b1.58", 12345), backend="xla")
   assert not np.allclose(fresh(tokens), packed(tokens))
   import_packed(fresh, str(path))
+  for layer in serving_layers(fresh):  # the int8 copies follow the imported words
+    np.testing.assert_array_equal(
+        layer.unpacked.get_value(),
+        np.asarray(unpack_ternary(layer.packed.get_value(), layer.in_features)) - 1)
   # Only the packed layers travel; embeddings and norms come from the fresh model's
   # own init, so compare the packed weights themselves.
   for (_, a), (_, b) in zip(nnx.iter_modules(packed), nnx.iter_modules(fresh)):

@@ -142,6 +142,37 @@ def test_ternary_matmul_rejects_bad_arguments(rng):
     kernels.ternary_matmul(x8, packed.astype(jnp.uint8), jnp.float32(1))
   with pytest.raises(ValueError, match=r"scale has shape \(3,\)"):
     kernels.ternary_matmul(x8, packed, jnp.ones(3))
+  with pytest.raises(ValueError, match=r"unpacked must be the int8 ternary values \(300, 64\)"):
+    kernels.ternary_matmul(x8, packed, 1.0, unpacked=jnp.zeros((256, 64), jnp.int8))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 16, 130])
+def test_kept_unpacked_weights_give_exactly_the_packed_sums(rng, m):
+  """The int8 copy a CPU serving layer keeps (one row padded to two) sums exactly as the
+  packed words do: int8 x equals the int64 reference, float x the packed path bit for bit."""
+  k, n = 700, 96  # K pads to 768 in the packed words, not in the copy
+  ternary, packed, x8 = random_problem(rng, m, k, n)
+  x8[0, : k // 2] = -128  # the extreme code, in a row whose sums reach |-128 * 350|
+  unpacked = jnp.asarray(ternary, jnp.int8)
+  want = x8.astype(np.int64) @ ternary
+  for backend in ["auto", "xla"]:
+    got = kernels.ternary_matmul(jnp.asarray(x8), packed, 1.0, backend=backend,
+                                 unpacked=unpacked)
+    np.testing.assert_array_equal(np.asarray(got, np.int64), want)
+  scale = jnp.asarray(rng.uniform(0.1, 2.0, (n,)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+  kept = jax.jit(lambda x, w: kernels.ternary_matmul(x, packed, scale, unpacked=w))
+  np.testing.assert_array_equal(kept(x, unpacked),
+                                kernels.ternary_matmul(x, packed, scale, backend="interpret"))
+  np.testing.assert_allclose(
+      kernels.ternary_matmul(x, packed, scale, activations="bf16", unpacked=unpacked),
+      kernels.ternary_matmul(x, packed, scale, activations="bf16", backend="xla"), rtol=1e-6)
+
+
+def test_auto_keeps_unpacked_weights_on_cpu_only_for_the_jnp_path():
+  assert ops.target_platform() == "cpu"
+  assert ops.keeps_unpacked("auto") and ops.keeps_unpacked("xla")
+  assert not ops.keeps_unpacked("interpret") and not ops.keeps_unpacked("pallas_tpu")
 
 
 def test_gpu_kernels_pad_narrow_column_counts(rng):

@@ -2,7 +2,8 @@
 
 Each trained BitDense whose weight quantizer has a packed format is quantized once
 (codes + float32 scales), its codes packed with `bitjax.kernels.pack_ternary`, and
-from then on runs `ternary_matmul` (`BitDense.serve`); everything else (embeddings,
+from then on runs `ternary_matmul` (`BitDense.serve`; on CPU it also keeps the ternary
+values unpacked as int8, which XLA multiplies faster); everything else (embeddings,
 norms, full-precision head) is kept as is. The packed model is a copy; the trained
 one is left untouched. `export_packed` / `import_packed` move the serving layers'
 weights through a versioned file.
@@ -11,37 +12,60 @@ weights through a versioned file.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from bitjax.kernels import FORMAT_NAME, pack_base3, pack_ternary, unpack_base3, unpack_ternary
+from bitjax.kernels.ops import keeps_unpacked, target_platform
 from bitjax.models.transformer import convert_layers
 from bitjax.nn import BitDense
 from bitjax.quant.quantizers import packable_weight_quantizers
 
 BF16_BYTES = 2
+UNPACKED_MEMORY_SHARE = 0.5  # unpacked copies may take up to this share of free host memory
 
 
 @dataclasses.dataclass(frozen=True)
 class PackReport:
-  """Weight bytes of the packed layers against the same layers stored in BF16."""
+  """Weight bytes of the packed layers against the same layers stored in BF16, and what
+  serving holds in memory: the packed words and scales (the stored format) plus, on the
+  platforms that use them, the int8 unpacked copies (`unpacked_bytes`)."""
 
   layers: int
   weights: int
   packed_bytes: int
   bf16_bytes: int
   format: str = FORMAT_NAME
+  unpacked_bytes: int = 0
+  platform: str = "cpu"
 
   @property
   def ratio(self) -> float:
     return self.packed_bytes / self.bf16_bytes if self.bf16_bytes else float("nan")
 
+  @property
+  def held_bytes(self) -> int:
+    """Bytes of the serving layers' weights in memory: packed words, scales, copies."""
+    return self.packed_bytes + self.unpacked_bytes
+
   def format_table(self) -> str:
+    held = (f"; held on {self.platform}: {self.held_bytes / 2**20:,.2f} MiB, packed plus "
+            f"{self.unpacked_bytes / 2**20:,.2f} MiB of int8 unpacked copies"
+            if self.unpacked_bytes else f"; held on {self.platform}: packed only")
     return (f"packed {self.layers} layers ({self.weights:,} weights, {self.format}): "
             f"{self.packed_bytes / 2**20:,.2f} MiB vs {self.bf16_bytes / 2**20:,.2f} MiB in BF16 "
-            f"({self.ratio:.4f}, 1/{1 / self.ratio:.2f})")
+            f"({self.ratio:.4f}, 1/{1 / self.ratio:.2f}){held}")
+
+
+def _free_host_bytes() -> int | None:
+  """Memory the host has available now (Linux, macOS), or None where it cannot tell."""
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
 
 
 def _packable_layers(model: nnx.Module) -> list[BitDense]:
@@ -49,12 +73,16 @@ def _packable_layers(model: nnx.Module) -> list[BitDense]:
           if isinstance(module, BitDense) and module.packable]
 
 
-def pack_model(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, PackReport]:
+def pack_model(model: nnx.Module, *, backend: str = "auto",
+               unpacked: bool | None = None) -> tuple[nnx.Module, PackReport]:
   """A copy of `model` with every packable BitDense serving packed weights, and the byte
   report.
 
   Blocks stacked for a scan (`config.model.scan_layers`) are unstacked into a list first,
-  so every layer gets its own packed weights and scale."""
+  so every layer gets its own packed weights and scale. `unpacked`: also keep each
+  layer's ternary values unpacked as int8 (`BitDense.serve`); None keeps them on the
+  platform in context when it is a CPU (`keeps_unpacked`) and they take at most half of
+  the host's free memory. Packing on a CPU host for accelerators: pass False."""
   if not _packable_layers(model):
     raise ValueError("the model has no BitDense layer with packable weights "
                      f"(weight_quant in {packable_weight_quantizers()}); was it built with a "
@@ -62,12 +90,20 @@ def pack_model(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module,
   scanned = getattr(getattr(model, "cfg", None), "scan_layers", False)
   packed_model = convert_layers(model, scan=False) if scanned else nnx.clone(model)
   layers = _packable_layers(packed_model)
-  for layer in layers:
-    layer.serve(backend)
   weights = sum(layer.in_features * layer.out_features for layer in layers)
+  if unpacked is None:
+    free = _free_host_bytes()
+    unpacked = keeps_unpacked(backend) and (free is None
+                                            or weights <= UNPACKED_MEMORY_SHARE * free)
+  for layer in layers:
+    layer.serve(backend, unpacked=unpacked)
   packed_bytes = sum(layer.packed.get_value().nbytes + layer.scale.get_value().nbytes
                      for layer in layers)
-  return packed_model, PackReport(len(layers), weights, packed_bytes, weights * BF16_BYTES)
+  unpacked_bytes = sum(layer.unpacked.get_value().nbytes for layer in layers
+                       if layer.unpacked is not None)
+  return packed_model, PackReport(len(layers), weights, packed_bytes, weights * BF16_BYTES,
+                                  unpacked_bytes=unpacked_bytes,
+                                  platform=target_platform())
 
 
 def _serving_layers(model: nnx.Module) -> dict[str, BitDense]:
@@ -117,5 +153,4 @@ def import_packed(model: nnx.Module, path: str) -> None:
         raise ValueError(f"{path}: layer {name} has a scale of shape {scale.shape}, the model "
                          f"{layer.scale.get_value().shape}")
       codes = unpack_base3(stored[f"{name}:codes"], shape)
-      layer.packed.set_value(pack_ternary(jnp.asarray(codes)))
-      layer.scale.set_value(jnp.asarray(scale, jnp.float32))
+      layer.set_packed(pack_ternary(jnp.asarray(codes)), scale)

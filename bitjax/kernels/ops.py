@@ -21,6 +21,9 @@ GPU_KERNEL_MAX_ROWS = 32  # above this, `auto` on GPU unpacks and calls XLA's ma
 GPU_MIN_COLUMN_BLOCK = 16
 GEMV_MAX_ROWS = 8  # up to this many rows the GPU streams weights through the GEMV kernel
 TPU_WITHOUT_INT8_MXU = ("TPU v2", "TPU v3", "TPU v4")
+# XLA's CPU int8 dot runs one row several times slower than two (2560x6912: 33 ms against
+# 7 ms, experiments/bench/cpu_paths.txt), so a single row gets a zero row beside it.
+CPU_INT8_MIN_ROWS = 2
 
 
 def reference_sums(x: jax.Array, packed: jax.Array) -> jax.Array:
@@ -123,6 +126,30 @@ def _resolve_backend(backend: str, m: int, rows: int) -> tuple[str, bool]:
   return backend, not kind.startswith(TPU_WITHOUT_INT8_MXU)
 
 
+def target_platform() -> str:
+  """"cpu", "gpu" or "tpu": the platform being compiled for (`_target_device`)."""
+  return _target_device()[0]
+
+
+def keeps_unpacked(backend: str = "auto") -> bool:
+  """Whether a serving layer should keep its ternary weights unpacked (int8, 1 byte a
+  weight) beside the packed words: on CPU with backend "auto" or "xla", where XLA's dot
+  on kept int8 weights beat unpacking the words on every call at every row count
+  measured (experiments/bench/cpu_paths.txt). The GPU and TPU kernels read the words."""
+  return backend in ("auto", "xla") and target_platform() == "cpu"
+
+
+@functools.partial(jax.jit, static_argnames=("min_rows",))
+def _kept_sums(x2d, ternary, min_rows=1):
+  """x2d @ ternary on weights kept unpacked, int8 (K, N): exact int32 sums for int8 x
+  (fewer than `min_rows` rows padded with zero rows), float32 sums for bf16 x."""
+  if x2d.dtype != jnp.int8:
+    return jnp.dot(x2d, ternary.astype(x2d.dtype), preferred_element_type=jnp.float32)
+  m = x2d.shape[0]
+  x2d = jnp.pad(x2d, ((0, max(0, min_rows - m)), (0, 0)))
+  return jnp.dot(x2d, ternary, preferred_element_type=jnp.int32)[:m]
+
+
 @functools.partial(jax.jit, static_argnames=("backend", "int8_mxu"))
 def _sums(x2d, packed, backend, int8_mxu=True):
   if backend == "xla":
@@ -132,6 +159,10 @@ def _sums(x2d, packed, backend, int8_mxu=True):
   if backend == "pallas_gpu":
     return gpu_sums(x2d, packed)
   return tpu.matmul(x2d, packed, interpret=True)  # "interpret"
+
+
+def _pad_k(x2d: jax.Array, k_pad: int) -> jax.Array:
+  return jnp.pad(x2d, ((0, 0), (0, k_pad - x2d.shape[1])))
 
 
 def _mesh_axes(spec_entry) -> tuple[str, ...]:
@@ -180,6 +211,7 @@ def ternary_matmul(
     backend: str = "auto",
     out_dtype=jnp.float32,
     weight_axes: tuple[str | None, str | None] | None = None,
+    unpacked: jax.Array | None = None,
 ) -> jax.Array:
   """x (..., K) times ternary weights packed as (padded_k(K) / 16, N), times `scale`.
 
@@ -193,7 +225,10 @@ def ternary_matmul(
   declare how their outputs vary over manual mesh axes). `backend="auto"`
   takes the Pallas TPU kernel on TPU; on GPU the Pallas kernels where they beat XLA
   on an H100 (`_gpu_kernel_pays`), XLA on unpacked weights otherwise; the jnp path
-  elsewhere.
+  elsewhere. `unpacked` is an optional copy of the same weights' ternary values,
+  int8 (K, N), kept once (`BitDense.serve` on CPU, `keeps_unpacked`): the jnp path
+  ("xla", and `auto` on CPU) then multiplies it instead of unpacking `packed` on every
+  call; the Pallas kernels read `packed`.
   """
   check_one_of("activations", activations, ACTIVATIONS)
   check_one_of("backend", backend, BACKENDS)
@@ -204,6 +239,10 @@ def ternary_matmul(
   if padded_k(k) != k_pad:
     raise ValueError(f"x has K={k} features but packed holds {k_pad} weight rows "
                      f"(expected padded_k(K)={padded_k(k)})")
+  if unpacked is not None and (unpacked.shape != (k, packed.shape[1])
+                               or unpacked.dtype != jnp.int8):
+    raise ValueError(f"unpacked must be the int8 ternary values ({k}, {packed.shape[1]}); "
+                     f"got {unpacked.dtype}{list(unpacked.shape)}")
   lead = x.shape[:-1]
   x2d = x.reshape(-1, k)
   x_scale = None
@@ -214,13 +253,15 @@ def ternary_matmul(
   scale = jnp.asarray(scale, jnp.float32)
   if scale.shape not in ((), (packed.shape[1],)):
     raise ValueError(f"scale has shape {scale.shape}; expected () or ({packed.shape[1]},)")
-  x2d = jnp.pad(x2d, ((0, 0), (0, k_pad - k)))
   backend, int8_mxu = _resolve_backend(backend, x2d.shape[0], packed.shape[0])
   mesh = jax.sharding.get_abstract_mesh()
-  if weight_axes is not None and not mesh.empty and mesh.size > 1 and backend != "xla":
-    sums = _sharded_sums(x2d, packed, backend, int8_mxu, weight_axes, mesh)
+  if backend == "xla" and unpacked is not None:
+    min_rows = CPU_INT8_MIN_ROWS if target_platform() == "cpu" else 1
+    sums = _kept_sums(x2d, unpacked, min_rows)
+  elif weight_axes is not None and not mesh.empty and mesh.size > 1 and backend != "xla":
+    sums = _sharded_sums(_pad_k(x2d, k_pad), packed, backend, int8_mxu, weight_axes, mesh)
   else:
-    sums = _sums(x2d, packed, backend, int8_mxu)
+    sums = _sums(_pad_k(x2d, k_pad), packed, backend, int8_mxu)
   out = sums.astype(jnp.float32) * scale
   if x_scale is not None:
     out = out * x_scale

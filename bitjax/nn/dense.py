@@ -9,6 +9,7 @@ from flax import nnx
 
 from bitjax.kernels import (BACKENDS, pack_ternary, ternary_matmul, ternary_to_codes,
                             unpack_ternary)
+from bitjax.kernels.ops import keeps_unpacked
 from bitjax.nn.norms import make_norm
 from bitjax.nn.params import logical_param
 from bitjax.quant import QuantSpec, activation_quant, quantize_activation, weight_quant
@@ -23,6 +24,11 @@ class PackedWeight(nnx.Variable):
   """Packed codes and their scales: state of a serving layer, never trained."""
 
 
+class UnpackedWeight(nnx.Variable):
+  """The packed weights' ternary values kept unpacked (int8) for the platforms where that
+  is faster (CPU): derived from `packed`, never trained nor exported."""
+
+
 class BitDense(nnx.Module):
   """A dense layer whose weights and inputs are quantized by `spec`.
 
@@ -33,7 +39,9 @@ class BitDense(nnx.Module):
 
   `mode` is "train" (latent `kernel`, fake-quantized in the forward pass) or, after
   `serve()`, "serve" (`packed` codes and `scale` of the trained weights, multiplied by
-  `bitjax.kernels.ternary_matmul`); both modes share one forward pass.
+  `bitjax.kernels.ternary_matmul`); both modes share one forward pass. On CPU a serving
+  layer also keeps its ternary values unpacked as int8 (`unpacked`), which XLA
+  multiplies faster than it unpacks the words.
   """
 
   def __init__(
@@ -67,16 +75,24 @@ class BitDense(nnx.Module):
     """Whether `serve()` can pack this layer's weights (its weight quantizer packs)."""
     return self.mode == "train" and self.spec.weight_quantizer.packing is not None
 
-  def serve(self, backend: str = "auto") -> None:
+  def serve(self, backend: str = "auto", unpacked: bool | None = None) -> None:
     """Switch to serving, in place: quantize the latent kernel once, keep its codes packed
     in the `ternary` format (the one packing there is) and its scale, both with the
-    kernel's logical axes so they shard like it, and drop the kernel."""
+    kernel's logical axes so they shard like it, and drop the kernel.
+
+    `unpacked`: also keep the ternary values unpacked as int8 (1 byte a weight, for
+    XLA's jnp path); None keeps them where that is faster (`keeps_unpacked`: CPU).
+    """
     check_one_of("backend", backend, BACKENDS)
+    check_one_of("unpacked", unpacked, (None, True, False))
     if self.mode != "train":
       raise ValueError(f"mode={self.mode!r}: serve() packs a layer in mode 'train'")
     if not self.packable:
       raise ValueError(f"weight_quant={self.spec.weight!r} has no packed format; packable: "
                        f"{packable_weight_quantizers()}")
+    if unpacked and backend not in ("auto", "xla"):
+      raise ValueError(f"unpacked=True needs backend 'auto' or 'xla' (the Pallas kernels "
+                       f"read the packed words); got backend={backend!r}")
     axes = self.kernel.get_metadata().get("out_sharding")
     codes, scale = quantize_weight(self.kernel.get_value(), self.spec.weight)
     self.packed = PackedWeight(pack_ternary(ternary_to_codes(codes)), out_sharding=axes,
@@ -84,15 +100,28 @@ class BitDense(nnx.Module):
     scale_axes = None if axes is None or scale.ndim == 0 else tuple(axes[-scale.ndim:])
     self.scale = PackedWeight(scale.astype(jnp.float32), out_sharding=scale_axes,
                               eager_sharding=False)
+    keep = keeps_unpacked(backend) if unpacked is None else unpacked
+    self.unpacked = (UnpackedWeight(codes.astype(jnp.int8), out_sharding=axes,
+                                    eager_sharding=False) if keep else None)
     del self.kernel
     self.mode, self.backend = "serve", backend
+
+  def set_packed(self, packed: jax.Array, scale: jax.Array) -> None:
+    """Replace a serving layer's packed words and scale (an import), and its unpacked copy."""
+    if self.mode != "serve":
+      raise ValueError(f"mode={self.mode!r}: set_packed() needs a layer in mode 'serve'")
+    self.packed.set_value(packed)
+    self.scale.set_value(jnp.asarray(scale, jnp.float32))
+    if self.unpacked is not None:
+      self.unpacked.set_value(unpack_ternary(packed, self.in_features) - 1)
 
   def quantized_kernel(self) -> jax.Array:
     """The weights the forward pass uses (`codes * scale`), in the compute dtype; a
     stacked kernel (scanned blocks, [layers, in, out]) is quantized layer by layer."""
     if self.mode == "serve":
-      codes = unpack_ternary(self.packed[...], self.in_features).astype(jnp.float32) - 1
-      return (codes * self.scale[...]).astype(self.dtype)
+      ternary = (self.unpacked[...] if self.unpacked is not None
+                 else unpack_ternary(self.packed[...], self.in_features) - 1)
+      return (ternary.astype(jnp.float32) * self.scale[...]).astype(self.dtype)
     quantize = lambda kernel: weight_quant(kernel, self.spec.weight)
     for _ in range(self.kernel.ndim - 2):
       quantize = jax.vmap(quantize)
@@ -101,7 +130,8 @@ class BitDense(nnx.Module):
   def _packed_matmul(self, x: jax.Array, activations: str) -> jax.Array:
     return ternary_matmul(x, self.packed[...], self.scale[...], activations=activations,
                           backend=self.backend,
-                          weight_axes=self.packed.get_metadata().get("out_sharding"))
+                          weight_axes=self.packed.get_metadata().get("out_sharding"),
+                          unpacked=None if self.unpacked is None else self.unpacked[...])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm is not None:

@@ -9,8 +9,10 @@ BF16, b1.58 in training mode (latent weights quantized on every call) and b1.58 
 jitted while loop of decode steps over a fixed-size cache (the time includes the prefill).
 "recompute" runs one jitted step per token that pushes the whole sequence, padded to the
 fixed final length, through the training forward and takes the argmax at the last real
-position. Each is compiled and run once first; the table gives the median of `--repeats`
-timed runs, and "same" counts how many of the new tokens the two methods agree on before
+position. Each is compiled and run once first; then the models take turns, one timed run
+each per round, so that load from other processes on a shared machine falls on all of
+them alike. The table gives the median of `--repeats` rounds with the range of the
+cached runs (slowest-fastest tok/s), and "same" counts how many of the new tokens the two methods agree on before
 their first difference (bf16 rounding may part them; random weights give small margins).
 Needs only jax, flax and numpy.
 """
@@ -69,17 +71,17 @@ def recompute_generator(model: nnx.Module):
   return run
 
 
-def timed(run, repeats: int) -> tuple[float, float, np.ndarray]:
-  """(first call's seconds, compile included; median of `repeats` later calls; output)."""
+def first_run(run) -> tuple[float, np.ndarray]:
+  """(seconds of the first call, compile included; its output)."""
   start = time.perf_counter()
   out = run()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = run()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times), out
+  return time.perf_counter() - start, out
+
+
+def seconds(run) -> float:
+  start = time.perf_counter()
+  run()
+  return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
@@ -103,22 +105,35 @@ def main(argv=None) -> None:
   n = args.new_tokens
   lines = [f"# greedy generation, batch 1, size {args.size} {SIZES[args.size]}, prompt "
            f"{args.prompt_len}, {n} new tokens, compute {args.compute_dtype}, "
-           f"{jax.devices()[0].device_kind}, jax {jax.__version__}, median of {args.repeats}",
-           "| model | cached tok/s | recompute tok/s | speedup | cached first call s "
-           "| recompute first call s | same |",
-           "|---|---|---|---|---|---|---|"]
+           f"{jax.devices()[0].device_kind}, jax {jax.__version__}, median of {args.repeats} "
+           "interleaved rounds",
+           "| model | cached tok/s | cached range tok/s | recompute tok/s | speedup "
+           "| cached first call s | recompute first call s | same |",
+           "|---|---|---|---|---|---|---|---|"]
   for line in lines:
     print(line, flush=True)
+  runs, firsts, same = {}, {}, {}
   for name in models:
     model = build(name, args.size, args.compute_dtype)
-    cached_first, cached, cached_out = timed(lambda: generate(model, [prompt], n)[0], args.repeats)
     recompute = recompute_generator(model)
-    plain_first, plain, plain_out = timed(lambda: recompute(prompt, n), args.repeats)
-    new_cached, new_plain = cached_out[len(prompt):], plain_out[len(prompt):]
-    differ = np.flatnonzero(new_cached != new_plain)
-    same = int(differ[0]) if differ.size else n
-    line = (f"| {name} | {n / cached:,.1f} | {n / plain:,.1f} | {plain / cached:,.1f}x "
-            f"| {cached_first:.1f} | {plain_first:.1f} | {same}/{n} |")
+    runs[name] = (lambda model=model: generate(model, [prompt], n)[0],
+                  lambda recompute=recompute: recompute(prompt, n))
+    (cached_first, cached_out), (plain_first, plain_out) = map(first_run, runs[name])
+    firsts[name] = (cached_first, plain_first)
+    differ = np.flatnonzero(cached_out[len(prompt):] != plain_out[len(prompt):])
+    same[name] = int(differ[0]) if differ.size else n
+  times = {name: ([], []) for name in models}
+  for _ in range(args.repeats):
+    for name in models:
+      for run, spent in zip(runs[name], times[name]):
+        spent.append(seconds(run))
+  for name in models:
+    cached, plain = times[name]
+    line = (f"| {name} | {n / statistics.median(cached):,.1f} "
+            f"| {n / max(cached):,.0f}-{n / min(cached):,.0f} "
+            f"| {n / statistics.median(plain):,.1f} "
+            f"| {statistics.median(plain) / statistics.median(cached):,.1f}x "
+            f"| {firsts[name][0]:.1f} | {firsts[name][1]:.1f} | {same[name]}/{n} |")
     lines.append(line)
     print(line, flush=True)
   if args.out:
