@@ -180,3 +180,46 @@ def test_context_limit_defaults_to_the_config_max_seq_len():
                       mlp_hidden_size=64)
   with pytest.raises(ValueError, match="max_new_tokens=7 goes past max_context=8"):
     generate(Decoder(cfg, rngs=nnx.Rngs(0)), [[1, 2]], 7)
+
+
+SHARDED_GENERATE_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from flax import nnx
+from bitjax.infer import generate, pack_model
+from bitjax.models import Decoder, DecoderConfig
+from bitjax.parallel import make_mesh, state_shardings
+
+seed = int(sys.argv[1])
+rng = np.random.default_rng(seed)
+prompts = [rng.integers(0, 64, n) for n in (5, 2, 7, 3)]
+results = {}
+for precision in ("fp32", "b1.58"):
+  cfg = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      mlp_hidden_size=64, precision=precision, compute_dtype="float32")
+  model = Decoder(cfg, rngs=nnx.Rngs(seed))
+  models = {"training": model}
+  if precision == "b1.58":
+    models["packed"] = pack_model(model, backend="xla")[0]
+  for name, m in models.items():
+    want = generate(m, prompts, 6)
+    for sizes in [(2, 2, 2), (1, 1, 8)]:
+      mesh = make_mesh(*sizes)
+      graphdef, state = nnx.split(m)
+      sharded = nnx.merge(graphdef, jax.device_put(state, state_shardings(state, mesh)))
+      with jax.set_mesh(mesh):
+        got = generate(sharded, prompts, 6)
+      results[f"{precision} {name} {sizes}"] = all(
+          np.array_equal(a, b) for a, b in zip(got, want))
+print(json.dumps(results))
+"""
+
+
+def test_generation_on_a_mesh_gives_the_one_device_tokens(rng):
+  """Parameters sharded by the rules table over 8 virtual devices (kernels of packed layers
+  inside shard_map): the same greedy tokens as on one device, training-mode and packed."""
+  from multidevice import json_result, run_on_8_devices
+
+  results = json_result(run_on_8_devices(SHARDED_GENERATE_SCRIPT, str(rng.integers(1 << 30))))
+  assert len(results) == 6
+  assert all(results.values()), results
