@@ -14,6 +14,10 @@
                            --temperature 0 --top_k K --top_p P --seed 0 --step S]
   python -m bitjax eval    --workdir runs/t --tasks bitjax_local
                            [--limit=N --num_fewshot=K --batch_size=B --step S]  (the `eval` extra)
+  python -m bitjax import_hf --hf_dir DIR --workdir runs/imported [--config configs/lm.py:nano
+                           --config.train.steps=100]  (train/data/optim sections; the model's
+                           are the checkpoint's; then train --config configs/imported.py:WD)
+  python -m bitjax export_hf --workdir runs/t --out DIR [--linear_class bitlinear --step S]
 
 `--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
 train / compare / sweep join a multi-process job first.
@@ -24,7 +28,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "sweep", "plot", "compile", "tokenizer", "generate", "eval")
+COMMANDS = ("train", "compare", "sweep", "plot", "compile", "tokenizer", "generate", "eval",
+            "import_hf", "export_hf")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -34,7 +39,13 @@ flags.DEFINE_integer("num_tasks", 1, "`sweep`: into how many shares the runs are
 flags.DEFINE_string("topology", None, "`compile`: TPU slice to compile for, e.g. v5e:4x4, v5p:4x4x4.")
 flags.DEFINE_integer("num_slices", 1, "`compile`: how many such slices (config.mesh.dcn_* split them).")
 flags.DEFINE_integer("vocab_size", None, "`tokenizer`: the vocabulary size to train.")
-flags.DEFINE_string("out", None, "`tokenizer`: a new directory to save the tokenizer in.")
+flags.DEFINE_string("out", None, "`tokenizer`: a new directory to save the tokenizer in; "
+                    "`export_hf`: a new directory for the Hugging Face model.")
+flags.DEFINE_string("hf_dir", None, "`import_hf`: a Hugging Face model folder (config.json, "
+                    "*.safetensors, tokenizer.json).")
+flags.DEFINE_enum("linear_class", "autobitlinear", ["autobitlinear", "bitlinear"],
+                  "`export_hf`: whether weight_scale multiplies (autobitlinear, as the released "
+                  "models) or divides (bitlinear).")
 flags.DEFINE_enum("kind", "bpe", ["bpe", "sentencepiece"],
                   "`tokenizer`: byte-level BPE (Hugging Face tokenizers) or SentencePiece.")
 flags.DEFINE_string("prompt", None, "`generate`: the text to continue.")
@@ -43,7 +54,8 @@ flags.DEFINE_float("temperature", 0.0, "`generate`: 0 is greedy; else the sampli
 flags.DEFINE_integer("top_k", None, "`generate`: sample among the k most likely tokens.")
 flags.DEFINE_float("top_p", None, "`generate`: nucleus sampling mass, in (0, 1].")
 flags.DEFINE_integer("seed", 0, "`generate`: the sampling seed.")
-flags.DEFINE_integer("step", None, "`generate`, `eval`: the checkpoint step (default: the newest).")
+flags.DEFINE_integer("step", None, "`generate`, `eval`, `export_hf`: the checkpoint step "
+                     "(default: the newest).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Call jax.distributed.initialize(): auto = when the environment describes a "
                   "multi-process job (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and "
@@ -61,7 +73,7 @@ def _define_config_flag(command):
   names a sweep file whose get_sweep(arg) lists the runs."""
   if command == "sweep":
     flags.DEFINE_string("config", None, "Sweep file, e.g. configs/sweeps/lm_scaling.py:cpu")
-  elif command in ("generate", "eval"):
+  elif command in ("generate", "eval", "export_hf"):
     pass  # the run's own config.json
   else:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
@@ -87,6 +99,12 @@ def main(argv):
   elif command == "generate":
     if not FLAGS.workdir or FLAGS.prompt is None:
       raise app.UsageError("`generate` needs --workdir and --prompt")
+  elif command == "import_hf":
+    if not FLAGS.hf_dir or not FLAGS.workdir:
+      raise app.UsageError("`import_hf` needs --hf_dir and --workdir")
+  elif command == "export_hf":
+    if not FLAGS.workdir or not FLAGS.out:
+      raise app.UsageError("`export_hf` needs --workdir and --out")
   elif not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
     raise app.UsageError("--workdir is required, and --config for all but `plot`")
   from bitjax.train.config import ConfigError
@@ -99,6 +117,8 @@ def main(argv):
       _generate()
     elif command == "eval":
       _eval()
+    elif command in ("import_hf", "export_hf"):
+      _exchange(command)
     else:
       from bitjax.parallel import initialize_distributed
       try:
@@ -187,6 +207,22 @@ def _eval():
     sys.exit(f"bitjax eval: {e}")
   print(format_results(results))
   print(f"results: {path}")
+
+
+def _exchange(command):
+  """import_hf / export_hf: a Hugging Face model folder to a bitjax run, or back."""
+  from bitjax.interop import InteropError, export_hf, import_hf
+
+  try:
+    if command == "import_hf":
+      workdir = import_hf(FLAGS.hf_dir, FLAGS.workdir, FLAGS.config)
+      print(f"imported {FLAGS.hf_dir} into {workdir} (step 0); continue training with: "
+            f"python -m bitjax train --config configs/imported.py:{workdir} --workdir {workdir}")
+    else:
+      out = export_hf(FLAGS.workdir, FLAGS.out, step=FLAGS.step, linear_class=FLAGS.linear_class)
+      print(f"exported {FLAGS.workdir} to {out}")
+  except InteropError as e:
+    sys.exit(f"bitjax {command}: {e}")
 
 
 def _run_command(command):

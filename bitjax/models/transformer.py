@@ -1,10 +1,14 @@
 """The Transformer pieces the decoder, encoder and encoder-decoder share.
 
-Full precision: pre-norm blocks (norm -> attention / MLP). Quantized (b1.58,
-1bit, ...): every projection is a BitDense with its own built-in norm, so the
-block drops the pre-norms it replaces (BitNet b1.58 recipe). A block is causal
-or bidirectional and may add cross-attention (encoder-decoder); that is the
-only difference between the three models' blocks.
+Norm layouts (`config.model.norm_layout`):
+  per_projection (default): full precision has pre-norm blocks (norm -> attention /
+    MLP); quantized (b1.58, 1bit, ...) gives every projection a BitDense with its own
+    built-in norm, so the block drops the pre-norms it replaces (BitNet b1.58 recipe).
+  subln (the released BitNet b1.58 models, e.g. 2B4T): pre-norm blocks at any precision,
+    plus a SubLN norm inside o_proj and down_proj (Hugging Face's attn_sub_norm and
+    ffn_sub_norm), four norms a block against seven, so imported weights map one to one.
+A block is causal or bidirectional and may add cross-attention (encoder-decoder); that
+is the only difference between the three models' blocks.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from bitjax.parallel.sharding import with_logical_constraint
 from bitjax.schema import POSITIVE_INT, field
 
 MLP_TYPES = ("swiglu", "relu2_glu", "relu2")
+NORM_LAYOUTS = ("per_projection", "subln")
 HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of the hidden states
 
 
@@ -40,6 +45,7 @@ class TransformerConfig(ModelConfig):
   mlp_hidden_size: int = field(512, rule=POSITIVE_INT)
   mlp_type: str = field("swiglu", allowed=MLP_TYPES)
   rope_theta: float = 10000.0
+  norm_layout: str = field("per_projection", allowed=NORM_LAYOUTS)
   remat: bool = False
   # Store the blocks stacked on a leading `layers` axis and run them with a scan: the step
   # compiles one block instead of num_layers (MaxText's scan_layers).
@@ -63,18 +69,34 @@ class TransformerConfig(ModelConfig):
   def head_size(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
 
+  @property
+  def pre_norms(self) -> bool:
+    """Whether blocks normalise before attention and the MLP (else the projections do)."""
+    return self.norm_layout == "subln" or not self.spec.quantized
+
+  @property
+  def input_norm(self) -> str | None:
+    """The norm inside projections that read the block's input (q, k, v, gate, up)."""
+    return None if self.norm_layout == "subln" else self.inner_norm
+
+  @property
+  def output_norm(self) -> str | None:
+    """The norm inside o_proj and down_proj: SubLN's, or the per-projection one."""
+    return self.norm if self.norm_layout == "subln" else self.inner_norm
+
 
 class MLP(nnx.Module):
   """Gated (SwiGLU or squared-ReLU GLU) or plain squared-ReLU feed-forward."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    dense = dict(cfg.dense_kwargs(), rngs=rngs)
+    dense = dict(cfg.dense_kwargs(), norm=cfg.input_norm, rngs=rngs)
     self.mlp_type = cfg.mlp_type
     self.up_proj = BitDense(cfg.hidden_size, cfg.mlp_hidden_size, kernel_axes=("embed", "mlp"),
                             **dense)
     self.gate_proj = (None if cfg.mlp_type == "relu2" else
                       BitDense(cfg.hidden_size, cfg.mlp_hidden_size,
                                kernel_axes=("embed", "mlp"), **dense))
+    dense["norm"] = cfg.output_norm
     self.down_proj = BitDense(cfg.mlp_hidden_size, cfg.hidden_size, kernel_axes=("mlp", "embed"),
                               **dense)
 
@@ -94,16 +116,14 @@ class TransformerBlock(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, causal: bool = True,
                cross_attention: bool = False, rngs: nnx.Rngs):
-    quantized = cfg.spec.quantized
-
     def pre_norm():
-      return None if quantized else make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps,
-                                              rngs=rngs)
+      return (make_norm(cfg.norm, cfg.hidden_size, eps=cfg.norm_eps, rngs=rngs)
+              if cfg.pre_norms else None)
 
     def attention(**kwargs):
       return Attention(cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_size,
-                       spec=cfg.spec, norm=cfg.inner_norm, norm_eps=cfg.norm_eps,
-                       dtype=cfg.dtype, rngs=rngs, **kwargs)
+                       spec=cfg.spec, norm=cfg.input_norm, output_norm=cfg.output_norm,
+                       norm_eps=cfg.norm_eps, dtype=cfg.dtype, rngs=rngs, **kwargs)
 
     self.attn_norm = pre_norm()
     self.attn = attention(rope_theta=cfg.rope_theta, causal=causal)

@@ -67,13 +67,16 @@ class Attention(nnx.Module):
   """q, k, v, o projections are BitDense layers; with a quantized spec each
   normalises its own input (so the block needs no pre-attention norm).
 
+  `norm` is the norm inside q, k and v; `output_norm` the one inside o (default: `norm`).
+  The SubLN layout of the released BitNet models passes norm=None (the block's pre-norm
+  serves q, k, v) and output_norm="rms" (their attn_sub_norm).
   `rope_theta=None` leaves positions out (cross-attention, where query and key
   positions index different sequences).
   """
 
   def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                spec: QuantSpec, norm: str | None, norm_eps: float, rope_theta: float | None,
-               dtype, rngs: nnx.Rngs, causal: bool = True):
+               dtype, rngs: nnx.Rngs, causal: bool = True, output_norm: str | None = "same"):
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.rope_theta, self.causal = rope_theta, causal
     dense = dict(spec=spec, norm=norm, norm_eps=norm_eps, dtype=dtype, rngs=rngs)
@@ -82,6 +85,7 @@ class Attention(nnx.Module):
                            **dense)
     self.v_proj = BitDense(hidden_size, num_kv_heads * head_dim, kernel_axes=("embed", "kv_heads"),
                            **dense)
+    dense["norm"] = norm if output_norm == "same" else output_norm
     self.o_proj = BitDense(num_heads * head_dim, hidden_size, kernel_axes=("heads", "embed"), **dense)
 
   def __call__(self, x: jax.Array, positions: jax.Array | None = None, *,
