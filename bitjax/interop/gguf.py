@@ -197,7 +197,7 @@ def export_gguf(workdir: str, out_file: str, step: int | None = None,
   where = os.path.join(os.fspath(workdir), "config.json")
   final = os.path.abspath(out_file)
   if os.path.exists(final):
-    raise InteropError(f"{final}: exists; choose a new output file")
+    raise InteropError(f"{out_file}: exists; choose a new output file")
   if os.path.exists(where):  # the model section alone decides; refuse before restoring
     try:
       with open(where) as f:
@@ -235,7 +235,7 @@ def export_gguf(workdir: str, out_file: str, step: int | None = None,
     writer.close()
     os.link(temporary, final)  # fails, rather than replaces, if out_file appeared meanwhile
   except FileExistsError:
-    raise InteropError(f"{final}: exists; choose a new output file") from None
+    raise InteropError(f"{out_file}: exists; choose a new output file") from None
   finally:
     os.remove(temporary)
   counts = {}
