@@ -18,6 +18,8 @@
                            --config.train.steps=100]  (train/data/optim sections; the model's
                            are the checkpoint's; then train --config configs/imported.py:WD)
   python -m bitjax export_hf --workdir runs/t --out DIR [--linear_class bitlinear --step S]
+  python -m bitjax export_gguf --workdir runs/t --out FILE.gguf [--ternary_type tq1_0 --step S]
+                           (a b1.58 SubLN run, for llama.cpp's bitnet architecture)
 
 `--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
 train / compare / sweep join a multi-process job first.
@@ -29,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("train", "compare", "sweep", "plot", "compile", "tokenizer", "generate", "eval",
-            "import_hf", "export_hf")
+            "import_hf", "export_hf", "export_gguf")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -40,12 +42,16 @@ flags.DEFINE_string("topology", None, "`compile`: TPU slice to compile for, e.g.
 flags.DEFINE_integer("num_slices", 1, "`compile`: how many such slices (config.mesh.dcn_* split them).")
 flags.DEFINE_integer("vocab_size", None, "`tokenizer`: the vocabulary size to train.")
 flags.DEFINE_string("out", None, "`tokenizer`: a new directory to save the tokenizer in; "
-                    "`export_hf`: a new directory for the Hugging Face model.")
+                    "`export_hf`: a new directory for the Hugging Face model; `export_gguf`: a new "
+                    ".gguf file.")
 flags.DEFINE_string("hf_dir", None, "`import_hf`: a Hugging Face model folder (config.json, "
                     "*.safetensors, tokenizer.json).")
 flags.DEFINE_enum("linear_class", "autobitlinear", ["autobitlinear", "bitlinear"],
                   "`export_hf`: whether weight_scale multiplies (autobitlinear, as the released "
                   "models) or divides (bitlinear).")
+flags.DEFINE_enum("ternary_type", "tq2_0", ["tq2_0", "tq1_0"],
+                  "`export_gguf`: the GGML type of the ternary codes (TQ2_0: 2.06 bits a "
+                  "weight, llama.cpp's faster; TQ1_0: 1.69 bits, smaller).")
 flags.DEFINE_enum("kind", "bpe", ["bpe", "sentencepiece"],
                   "`tokenizer`: byte-level BPE (Hugging Face tokenizers) or SentencePiece.")
 flags.DEFINE_string("prompt", None, "`generate`: the text to continue.")
@@ -54,7 +60,7 @@ flags.DEFINE_float("temperature", 0.0, "`generate`: 0 is greedy; else the sampli
 flags.DEFINE_integer("top_k", None, "`generate`: sample among the k most likely tokens.")
 flags.DEFINE_float("top_p", None, "`generate`: nucleus sampling mass, in (0, 1].")
 flags.DEFINE_integer("seed", 0, "`generate`: the sampling seed.")
-flags.DEFINE_integer("step", None, "`generate`, `eval`, `export_hf`: the checkpoint step "
+flags.DEFINE_integer("step", None, "`generate`, `eval`, `export_hf`, `export_gguf`: the checkpoint step "
                      "(default: the newest).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Call jax.distributed.initialize(): auto = when the environment describes a "
@@ -73,7 +79,7 @@ def _define_config_flag(command):
   names a sweep file whose get_sweep(arg) lists the runs."""
   if command == "sweep":
     flags.DEFINE_string("config", None, "Sweep file, e.g. configs/sweeps/lm_scaling.py:cpu")
-  elif command in ("generate", "eval", "export_hf"):
+  elif command in ("generate", "eval", "export_hf", "export_gguf"):
     pass  # the run's own config.json
   else:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
@@ -105,6 +111,9 @@ def main(argv):
   elif command == "export_hf":
     if not FLAGS.workdir or not FLAGS.out:
       raise app.UsageError("`export_hf` needs --workdir and --out")
+  elif command == "export_gguf":
+    if not FLAGS.workdir or not FLAGS.out:
+      raise app.UsageError("`export_gguf` needs --workdir and --out")
   elif not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
     raise app.UsageError("--workdir is required, and --config for all but `plot`")
   from bitjax.train.config import ConfigError
@@ -119,6 +128,8 @@ def main(argv):
       _eval()
     elif command in ("import_hf", "export_hf"):
       _exchange(command)
+    elif command == "export_gguf":
+      _export_gguf()
     else:
       from bitjax.parallel import initialize_distributed
       try:
@@ -223,6 +234,20 @@ def _exchange(command):
       print(f"exported {FLAGS.workdir} to {out}")
   except InteropError as e:
     sys.exit(f"bitjax {command}: {e}")
+
+
+def _export_gguf():
+  """export_gguf: a b1.58 SubLN run to a GGUF file for llama.cpp."""
+  from bitjax.interop import InteropError
+  from bitjax.interop.gguf import export_gguf
+
+  try:
+    counts = export_gguf(FLAGS.workdir, FLAGS.out, step=FLAGS.step,
+                         ternary_type=FLAGS.ternary_type)
+  except InteropError as e:
+    sys.exit(f"bitjax export_gguf: {e}")
+  kinds = ", ".join(f"{n} {name}" for name, n in counts.items())
+  print(f"exported {FLAGS.workdir} to {FLAGS.out} ({kinds} tensors)")
 
 
 def _run_command(command):
