@@ -2,6 +2,7 @@
 latent and unquantized; LLaMA) in and out, and GGUF for llama.cpp / bitnet.cpp out."""
 
 from bitjax.interop.errors import InteropError
+from bitjax.interop.gguf import export_gguf
 from bitjax.interop.hf import export_hf, import_hf, load_hf
 
-__all__ = ["InteropError", "export_hf", "import_hf", "load_hf"]
+__all__ = ["InteropError", "export_gguf", "export_hf", "import_hf", "load_hf"]
