@@ -17,3 +17,13 @@ def rng(request):
   request.node.user_properties.append(("seed", seed))
   print(f"numpy seed {seed}")
   return np.random.default_rng(seed)
+
+
+def write_python_corpus(root, files: int):
+  """`files` small Python modules under root/corpus (a text_dir corpus the tests train on);
+  returns that directory."""
+  corpus = root / "corpus"
+  corpus.mkdir()
+  for i in range(files):
+    (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n\n" * 30)
+  return corpus

@@ -25,6 +25,7 @@ from bitjax.models.transformer import convert_layers  # noqa: E402
 from bitjax.quant.quantizers import quantize_weight  # noqa: E402
 from bitjax.train import train_and_evaluate  # noqa: E402
 from bitjax.train.config import load_config  # noqa: E402
+from conftest import write_python_corpus  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Input widths 256 and 512 fill TQ blocks (256 weights); GQA, squared-ReLU GLU.
@@ -43,9 +44,7 @@ NORMS = {"attn_norm": ("attn_norm",), "ffn_norm": ("mlp_norm",),
 def run(tmp_path_factory):
   """A 2-step b1.58 SubLN run with the byte tokenizer."""
   root = tmp_path_factory.mktemp("gguf")
-  (root / "corpus").mkdir()
-  for i in range(4):
-    (root / "corpus" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n\n" * 30)
+  write_python_corpus(root, 4)
   config = load_config(f"{ROOT}/configs/lm.py:nano,precision=b1.58", {
       **MODEL, "data.name": "text_dir", "data.text_dir": str(root / "corpus"),
       "data.text_glob": "*.py", "data.data_dir": str(root / "tfds"), "train.seq_len": 32,

@@ -31,6 +31,7 @@ from bitjax.data import tokenizers  # noqa: E402
 from bitjax.interop import InteropError, export_hf, import_hf, load_hf  # noqa: E402
 from bitjax.train import train_and_evaluate  # noqa: E402
 from bitjax.train.config import load_config  # noqa: E402
+from conftest import write_python_corpus  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = dict(vocab_size=304, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -43,9 +44,7 @@ TOKENS = np.random.RandomState(0).randint(0, 280, (2, 8))  # ids of the tokenize
 def corpus(tmp_path_factory):
   """A small text_dir corpus and a 300-id BPE tokenizer trained on it."""
   root = tmp_path_factory.mktemp("interop")
-  (root / "corpus").mkdir()
-  for i in range(6):
-    (root / "corpus" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n\n" * 30)
+  write_python_corpus(root, 6)
   tokenizers.train_tokenizer([p.read_text() for p in (root / "corpus").iterdir()], "bpe", 300,
                              str(root / "bpe"))
   return root
