@@ -132,7 +132,7 @@ def test_config_json_holds_the_derived_fields_and_earlier_versions_resume(traine
   derived them at run time (schedule 'auto', stage1_end_lr None) still resumes."""
   config, workdir, summary = trained["b1.58"]
   saved = json.loads(open(os.path.join(workdir, "config.json")).read())
-  assert saved["optim"]["schedule"] == "two_stage" and "recipes" not in saved["optim"]
+  assert saved["optim"]["schedule"] == "two_stage_restart" and "recipes" not in saved["optim"]
   assert (saved["optim"]["lr"], saved["optim"]["stage2_lr"]) == (4e-3, 2.5e-3)
   assert saved["optim"]["stage1_end_lr"] == 0.5 * (4e-3 + 2.5e-3)
   old = tmp_path / "old_run"
@@ -166,8 +166,9 @@ def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypat
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-def test_two_stage_schedule_matches_its_formula():
-  o = optim.OptimConfig(lr=3e-3, stage2_lr=1e-3, warmup_steps=10, weight_decay=0.1)
+def test_two_stage_restart_schedule_matches_its_formula():
+  o = optim.OptimConfig(schedule="two_stage_restart", lr=3e-3, stage2_lr=1e-3, warmup_steps=10,
+                        weight_decay=0.1)
   total = 100
   lr = optim.learning_rate_schedule(o.resolved("low_bit"), total)
   wd = optim.weight_decay_schedule(o.resolved("low_bit"), total)
@@ -233,9 +234,9 @@ def test_learning_rate_recipe_follows_the_precision_after_overrides():
   resolved = lambda spec, **overrides: resolve_config(load_config(f"{LM_CONFIG}:{spec}",
                                                                   overrides)).optim
   rates = lambda o: (o.schedule, o.lr, o.stage2_lr, o.stage1_end_lr)
-  assert rates(resolved("700m")) == ("linear", 2.5e-4, 1e-3, None)
+  assert rates(resolved("700m")) == ("linear", 2.5e-4, None, None)
   quantized = resolved("700m", **{"model.precision": "b1.58"})
-  assert rates(quantized) == ("two_stage", 1.5e-3, 1e-3, 0.5 * (1.5e-3 + 1e-3))
+  assert rates(quantized) == ("two_stage", 1.5e-3, 1e-3, None)
   assert rates(quantized) == rates(resolved("700m,precision=b1.58"))
   # Weight-only ternary is quantized too, so it trains with the low-bit recipe.
   assert resolved("1.3b", **{"model.weight_quant": "absmean"}).lr == 1.2e-3
