@@ -129,7 +129,8 @@ def test_workdir_from_before_a_field_existed_resumes_while_it_holds_its_default(
 
 def test_config_json_holds_the_derived_fields_and_earlier_versions_resume(trained, tmp_path):
   """config.json holds the resolved schedule and rates. A workdir of a version that
-  derived them at run time (schedule 'auto', stage1_end_lr None) still resumes."""
+  derived them at run time (schedule 'auto', stage1_end_lr None), or that named the
+  earlier two-stage reading 'two_stage', still resumes."""
   config, workdir, summary = trained["b1.58"]
   saved = json.loads(open(os.path.join(workdir, "config.json")).read())
   assert saved["optim"]["schedule"] == "two_stage_restart" and "recipes" not in saved["optim"]
@@ -140,6 +141,10 @@ def test_config_json_holds_the_derived_fields_and_earlier_versions_resume(traine
   saved["optim"].update(schedule="auto", stage1_end_lr=None)
   (old / "config.json").write_text(json.dumps(saved))
   assert train_and_evaluate(config, str(old)) == summary  # finished: read back, not retrained
+  # the versions before two_stage_restart had its name saved it as two_stage
+  saved["optim"].update(schedule="two_stage", stage1_end_lr=0.5 * (4e-3 + 2.5e-3))
+  (old / "config.json").write_text(json.dumps(saved))
+  assert train_and_evaluate(config, str(old)) == summary
   slower = small_config(config.data.data_dir, "b1.58", **{"optim.stage1_end_lr": 1e-3})
   with pytest.raises(ValueError, match=r"different config \(optim.stage1_end_lr: "
                                        r"0.00325\d* -> 0.001\)"):

@@ -23,7 +23,7 @@ from bitjax.models import ModelConfig
 from bitjax.parallel import MeshConfig
 from bitjax.schema import POSITIVE_INT, Section, field
 from bitjax import files
-from bitjax.train.optim import DERIVED_FIELDS, OptimConfig
+from bitjax.train.optim import DERIVED_FIELDS, OptimConfig, earlier_schedule_names
 
 SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
 # A vocabulary size left to the tokenizer is rounded up to a multiple of this, as the byte
@@ -161,11 +161,13 @@ def run_record(config: ml_collections.ConfigDict) -> dict:
 def upgrade_record(saved: dict, recipe: str) -> dict:
   """A config.json of an earlier version as this one writes it: the derived fields that
   version left to run time (schedule "auto", stage1_end_lr None) filled from its saved
-  rates by the same rules. `recipe` is the learning-rate recipe of the resuming run (the
+  rates by the same rules, and its schedule under this version's name
+  (`earlier_schedule_names`). `recipe` is the learning-rate recipe of the resuming run (the
   precision fields are compared too). A saved optim section this version cannot read is
   left as it is, so the comparison names what differs."""
   try:
-    optim = OptimConfig.from_mapping({**saved["optim"], "recipes": {}}).resolved(recipe)
+    renamed = earlier_schedule_names(saved["optim"], recipe)
+    optim = OptimConfig.from_mapping({**renamed, "recipes": {}}).resolved(recipe)
   except (KeyError, ValueError):
     return saved
   return {**saved, "optim": {name: getattr(optim, name) for name in saved["optim"]}}

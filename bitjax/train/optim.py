@@ -115,6 +115,17 @@ class OptimConfig(Section):
     return dataclasses.replace(self, schedule=schedule, **derived)
 
 
+def earlier_schedule_names(saved: dict, recipe: str) -> dict:
+  """A saved optim section (a run's config.json) in this version's schedule names.
+  Before `two_stage_restart` had its name, every two-stage run used that reading and
+  saved it as "two_stage" with a stage1_end_lr (or, earlier still, "auto" under the
+  low_bit recipe); this version's "two_stage" saves stage1_end_lr None."""
+  schedule = saved.get("schedule")
+  earlier = ((schedule == "two_stage" and saved.get("stage1_end_lr") is not None)
+             or (schedule == "auto" and recipe == "low_bit"))
+  return {**saved, "schedule": "two_stage_restart"} if earlier else saved
+
+
 def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
   """Linear warmup to `optim.lr`, then the decay the schedule names. `optim` is a
   resolved optim section (OptimConfig.resolved): concrete schedule and rates."""
