@@ -95,7 +95,8 @@ class ConfigError(ValueError):
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with every derived field filled (config.optim's DERIVED_FIELDS:
   the rates and schedule of the model's learning-rate recipe, unless set; a
-  config.model.vocab_size of None: the task's tokenizer's, see derived_vocab_size),
+  config.model.vocab_size of None: the task's tokenizer's, see derived_vocab_size; a
+  config.model.norm_eps of None: the precision preset's),
   after checking every section. Call it after the overrides, so the recipe follows the final precision; a
   resolved config resolves to itself. Raises ConfigError naming the field."""
   try:
@@ -116,6 +117,9 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "vocab_size" in config.model and config.model.vocab_size is None:
     resolved.model.vocab_size = derived_vocab_size(task)
   model = task.config_class.from_mapping(resolved.model)
+  # The preset's norm eps as a number, as config.json held it before it was derived.
+  if resolved.model.get("norm_eps", 0) is None:
+    resolved.model.norm_eps = model.norm_eps
   MeshConfig.from_mapping(config.mesh)
   TrainConfig.from_mapping(config.train)
   task.validate(model)
