@@ -6,8 +6,10 @@ sentinels; the target lists the spans) or `docstrings` (a stdlib function's code
 -> the first line of its docstring). `layers` encoder and as many decoder layers;
 heads = hidden / 32, SwiGLU width 3 x hidden, float32 compute for every
 precision. Eval: teacher-forced loss and next-token accuracy on held-out files.
-Example:
+Examples:
   configs/encdec.py:span_corruption,precision=b1.58,hidden=128
+  configs/encdec.py:span_corruption,precision=b1.58-ln   (2411.05882's BitLinear; no biases
+                                                          here, see docs/design.md section 3)
 """
 
 from bitjax.train.config import default_config, parse_config_arg
@@ -32,4 +34,6 @@ def get_config(arg: str | None = None):
                       eval_every=100, eval_batches=8, log_every=25, checkpoint_every=1000,
                       progress_bar=False)
   config.optim.update(lr=4e-3, stage2_lr=2.5e-3, warmup_steps=30)
+  # Quantized presets: the two-stage reading these rates were chosen and measured with.
+  config.optim.recipes.low_bit.schedule = "two_stage_restart"
   return config

@@ -7,6 +7,8 @@ from, 10 classes). Heads = hidden / 32, SwiGLU width 3 x hidden, float32 compute
 every precision. Examples:
   configs/encoder.py:mlm,precision=b1.58,hidden=128
   configs/encoder.py:classify_sequence,hidden=64 --config.train.steps=500
+  configs/encoder.py:mlm,precision=b1.58-ln   (2411.05882's BitLinear; no biases here, see
+                                               docs/design.md section 3)
 """
 
 from bitjax.train.config import default_config, parse_config_arg
@@ -29,4 +31,6 @@ def get_config(arg: str | None = None):
   if args.task == "classify_sequence":
     config.train.eval_batches = 1000  # the whole validation split
   config.optim.update(lr=4e-3, stage2_lr=2.5e-3, warmup_steps=30)
+  # Quantized presets: the two-stage reading these rates were chosen and measured with.
+  config.optim.recipes.low_bit.schedule = "two_stage_restart"
   return config

@@ -8,6 +8,7 @@ files in a directory and pass --config.data.data_dir=DIR). ARCHITECTURE: `sgc`
 in Kipf & Welling). Training is full batch: one step is one epoch. Features are
 row-normalised. Every precision computes in float32. Example:
   configs/gnn.py:csbm,precision=b1.58-median,architecture=sgc
+  configs/gnn.py:csbm,precision=b1.58-ln   (2411.05882's BitLinear: LayerNorm, 128/absmax, bias)
 """
 
 from bitjax.train.config import default_config, parse_config_arg
@@ -42,4 +43,6 @@ def get_config(arg: str | None = None):
   config.optim.update(recipes={recipe: {"lr": lr, "stage2_lr": lr / 2}
                                for recipe, lr in rates.items()},
                       warmup_steps=0, weight_decay=5e-6 if sgc else 5e-4)
+  # Quantized presets: the two-stage reading these rates were chosen and measured with.
+  config.optim.recipes.low_bit.schedule = "two_stage_restart"
   return config

@@ -9,6 +9,7 @@ layers of the same width. Every precision computes in float32, so a comparison
 differs only in quantization. Examples:
   configs/mlp.py:digits,precision=b1.58
   configs/mlp.py:stdlib_packages,precision=b1.58-median --config.train.steps=600
+  configs/mlp.py:digits,precision=b1.58-ln   (2411.05882's BitLinear: LayerNorm, 128/absmax, bias)
 """
 
 from bitjax.data.tabular import TABULAR_DATASETS
@@ -39,6 +40,8 @@ def get_config(arg: str | None = None):
                       eval_batches=1000, log_every=25, checkpoint_every=1000,
                       progress_bar=False)
   config.optim.update(lr=1e-3, stage2_lr=5e-4, warmup_steps=10, weight_decay=0.0)
+  # Quantized presets: the two-stage reading these rates were chosen and measured with.
+  config.optim.recipes.low_bit.schedule = "two_stage_restart"
   return config
 
 

@@ -146,7 +146,7 @@ def test_records_give_bits_packing_and_the_learning_rate_recipe():
   assert bits == {"none": 16.0, "absmean": np.log2(3), "absmedian": np.log2(3), "sign": 1.0}
   assert {n: r.packing for n, r in quant.WEIGHT_QUANTIZERS.items()} == {
       "none": None, "absmean": "ternary", "absmedian": "ternary", "sign": "ternary"}
-  assert sorted(quant.ACTIVATION_QUANTIZERS) == ["tensor", "token"]
+  assert sorted(quant.ACTIVATION_QUANTIZERS) == ["tensor", "token", "token_qb"]
   assert quant.PRECISIONS["1bit"].weight_bits == 1.0 and quant.PRECISIONS["bf16"].weight_bits == 16
   # The recipe of every preset and override is what `spec.quantized` chose before records.
   for name in quant.PRECISIONS:
@@ -186,7 +186,7 @@ def test_registries_refuse_bad_records(call, message):
     (lambda: quant.resolve_precision("b1.58", act_granularity="row"), "act_granularity='row'"),
     (lambda: quant.quantize_weight(jnp.ones(3), "round"), "method='round' is not one of"),
     (lambda: quant.quantize_activation(jnp.ones(3), 8, "channel"),
-     "granularity='channel' is not one of ['token', 'tensor']"),
+     "granularity='channel' is not one of ['token', 'tensor', 'token_qb']"),
 ])
 def test_bad_quant_settings_name_the_field(call, message):
   with pytest.raises(ValueError, match=re.escape(message)):
@@ -202,3 +202,33 @@ def test_absmedian_scale_is_the_exact_median(rng, size):
   x[: size // 3] = 0.0
   x[size // 3: size // 2] = x[-1]
   assert float(nonnegative_median(jnp.asarray(x))) == np.float32(np.median(x))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_token_qb_scales_by_q_over_absmax(rng, bits):
+  """`token_qb` (BitNet 2023 eq. 4, 2411.05882's layer): codes = clip(round(x * Q / absmax),
+  -Q, Q-1) per token, scale absmax / Q, so a token's largest value lands on the clip."""
+  q = 2 ** (bits - 1)
+  x = rng.standard_normal((4, 6, 33)).astype(np.float32) * 3
+  absmax = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(EPS))
+  expected = np.clip(np.round(x * (np.float32(q) / absmax)), -q, q - 1)
+  codes, scale = quant.quantize_activation(jnp.asarray(x), bits, "token_qb")
+  np.testing.assert_array_equal(codes, expected)
+  np.testing.assert_allclose(scale, absmax / q, rtol=1e-7)
+  row = np.abs(x[0, 0]).argmax()
+  assert codes[0, 0, row] == (q - 1 if x[0, 0, row] > 0 else -q)
+  upstream = rng.standard_normal(x.shape).astype(np.float32)
+  grad = jax.grad(lambda x: jnp.sum(quant.activation_quant(x, bits, "token_qb") * upstream))(
+      jnp.asarray(x))
+  np.testing.assert_array_equal(grad, upstream)
+
+
+def test_b158_ln_preset_is_the_2411_05882_layer():
+  spec = quant.PRECISIONS["b1.58-ln"]
+  assert (spec.weight, spec.act_bits, spec.act_granularity) == ("absmean", 8, "token_qb")
+  assert (spec.norm, spec.norm_eps, spec.bias) == ("layernorm", 1e-5, True)
+  assert spec.lr_recipe == "low_bit" and spec.weight_bits == np.log2(3)
+  # the other presets keep BitNet b1.58's layer: the model's norm, eps 1e-6, no bias
+  for name in ("b1.58", "b1.58-median", "1bit", "bf16"):
+    assert (quant.PRECISIONS[name].norm, quant.PRECISIONS[name].norm_eps,
+            quant.PRECISIONS[name].bias) == (None, 1e-6, False)

@@ -129,10 +129,11 @@ def test_workdir_from_before_a_field_existed_resumes_while_it_holds_its_default(
 
 def test_config_json_holds_the_derived_fields_and_earlier_versions_resume(trained, tmp_path):
   """config.json holds the resolved schedule and rates. A workdir of a version that
-  derived them at run time (schedule 'auto', stage1_end_lr None) still resumes."""
+  derived them at run time (schedule 'auto', stage1_end_lr None), or that named the
+  earlier two-stage reading 'two_stage', still resumes."""
   config, workdir, summary = trained["b1.58"]
   saved = json.loads(open(os.path.join(workdir, "config.json")).read())
-  assert saved["optim"]["schedule"] == "two_stage" and "recipes" not in saved["optim"]
+  assert saved["optim"]["schedule"] == "two_stage_restart" and "recipes" not in saved["optim"]
   assert (saved["optim"]["lr"], saved["optim"]["stage2_lr"]) == (4e-3, 2.5e-3)
   assert saved["optim"]["stage1_end_lr"] == 0.5 * (4e-3 + 2.5e-3)
   old = tmp_path / "old_run"
@@ -140,6 +141,10 @@ def test_config_json_holds_the_derived_fields_and_earlier_versions_resume(traine
   saved["optim"].update(schedule="auto", stage1_end_lr=None)
   (old / "config.json").write_text(json.dumps(saved))
   assert train_and_evaluate(config, str(old)) == summary  # finished: read back, not retrained
+  # the versions before two_stage_restart had its name saved it as two_stage
+  saved["optim"].update(schedule="two_stage", stage1_end_lr=0.5 * (4e-3 + 2.5e-3))
+  (old / "config.json").write_text(json.dumps(saved))
+  assert train_and_evaluate(config, str(old)) == summary
   slower = small_config(config.data.data_dir, "b1.58", **{"optim.stage1_end_lr": 1e-3})
   with pytest.raises(ValueError, match=r"different config \(optim.stage1_end_lr: "
                                        r"0.00325\d* -> 0.001\)"):
@@ -166,8 +171,9 @@ def test_interrupted_run_resumes_to_the_same_result(trained, tmp_path, monkeypat
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-def test_two_stage_schedule_matches_its_formula():
-  o = optim.OptimConfig(lr=3e-3, stage2_lr=1e-3, warmup_steps=10, weight_decay=0.1)
+def test_two_stage_restart_schedule_matches_its_formula():
+  o = optim.OptimConfig(schedule="two_stage_restart", lr=3e-3, stage2_lr=1e-3, warmup_steps=10,
+                        weight_decay=0.1)
   total = 100
   lr = optim.learning_rate_schedule(o.resolved("low_bit"), total)
   wd = optim.weight_decay_schedule(o.resolved("low_bit"), total)
@@ -178,12 +184,11 @@ def test_two_stage_schedule_matches_its_formula():
                1e-3 * (1 - (steps - 50) / 50)))
   np.testing.assert_allclose([float(lr(s)) for s in steps], expected, rtol=1e-5, atol=1e-9)
   assert [float(wd(s)) for s in (0, 49, 50, 99)] == pytest.approx([0.1, 0.1, 0.0, 0.0])
-  linear = optim.learning_rate_schedule(o.resolved("full_precision"), total)
-  assert float(linear(55)) == pytest.approx(3e-3 * (1 - 45 / 90))
-  assert float(optim.weight_decay_schedule(o.resolved("full_precision"), total)(99)) == \
-      pytest.approx(0.1)
+  full = optim.OptimConfig(lr=3e-3, warmup_steps=10, weight_decay=0.1).resolved("full_precision")
+  assert float(optim.learning_rate_schedule(full, total)(55)) == pytest.approx(3e-3 * (1 - 45 / 90))
+  assert float(optim.weight_decay_schedule(full, total)(99)) == pytest.approx(0.1)
   with pytest.raises(ValueError, match="config.optim is not resolved"):
-    optim.learning_rate_schedule(o, total)
+    optim.learning_rate_schedule(optim.OptimConfig(lr=3e-3), total)  # schedule "auto"
 
 
 def test_weight_decay_skips_norm_scales_and_stops_in_stage_two():
@@ -233,9 +238,9 @@ def test_learning_rate_recipe_follows_the_precision_after_overrides():
   resolved = lambda spec, **overrides: resolve_config(load_config(f"{LM_CONFIG}:{spec}",
                                                                   overrides)).optim
   rates = lambda o: (o.schedule, o.lr, o.stage2_lr, o.stage1_end_lr)
-  assert rates(resolved("700m")) == ("linear", 2.5e-4, 1e-3, None)
+  assert rates(resolved("700m"))[:2] == ("linear", 2.5e-4)
   quantized = resolved("700m", **{"model.precision": "b1.58"})
-  assert rates(quantized) == ("two_stage", 1.5e-3, 1e-3, 0.5 * (1.5e-3 + 1e-3))
+  assert rates(quantized) == ("two_stage", 1.5e-3, 1e-3, None)
   assert rates(quantized) == rates(resolved("700m,precision=b1.58"))
   # Weight-only ternary is quantized too, so it trains with the low-bit recipe.
   assert resolved("1.3b", **{"model.weight_quant": "absmean"}).lr == 1.2e-3

@@ -19,6 +19,7 @@ in float32, since Â is data, not weights.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,10 @@ LAYER_SIZES = Rule(lambda sizes: all(s > 0 for s in sizes), "a tuple of positive
 
 @dataclasses.dataclass(frozen=True)
 class GNNConfig(ModelConfig):
-  """Schema of `config.model` for the GNN; validated on construction."""
+  """Schema of `config.model` for the GNN; validated on construction. `use_bias` as in
+  the MLP (ModelConfig: None takes the preset's)."""
 
+  takes_bias: ClassVar[bool] = True
   architecture: str = field("sgc", allowed=GNN_ARCHITECTURES)
   input_dim: int = field(1433, rule=POSITIVE_INT)  # Cora's bag of words
   num_classes: int = field(7, rule=POSITIVE_INT)
@@ -43,7 +46,6 @@ class GNNConfig(ModelConfig):
   propagation_steps: int = field(2, rule=POSITIVE_INT)
   # SGC: () is logistic regression; GCN: e.g. (64,)
   hidden_sizes: tuple[int, ...] = field((), rule=LAYER_SIZES)
-  use_bias: bool = False
   # on every dense layer's input while training (GCN: 0.5)
   dropout: float = field(0.0, rule=DROPOUT_RATE)
 

@@ -13,6 +13,7 @@ own input; full-precision MLPs have no norms at all.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -29,13 +30,15 @@ HIDDEN_SIZES = Rule(lambda sizes: len(sizes) > 0 and all(s > 0 for s in sizes),
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig(ModelConfig):
-  """Schema of `config.model` for the MLP; validated on construction."""
+  """Schema of `config.model` for the MLP; validated on construction. `use_bias`
+  (ModelConfig) puts a bias on every layer: None takes the preset's (b1.58-ln's BitLinear
+  has one; BitNet b1.58 has none)."""
 
+  takes_bias: ClassVar[bool] = True
   input_dim: int = field(64, rule=POSITIVE_INT)
   num_classes: int = field(10, rule=POSITIVE_INT)
   # one entry: WideMLP; more: a deeper MLP
   hidden_sizes: tuple[int, ...] = field((1024,), rule=HIDDEN_SIZES)
-  use_bias: bool = False  # BitNet layers have none; the paper's 16-bit baselines do
   # on every layer's input while training (WideMLP: 0.5)
   dropout: float = field(0.0, rule=DROPOUT_RATE)
 

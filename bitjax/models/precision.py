@@ -19,7 +19,7 @@ from flax import nnx
 from bitjax.nn import NORM_TYPES, BitDense, resolve_dtype
 from bitjax.nn.params import DTYPES
 from bitjax.quant import PRECISIONS, QuantSpec, resolve_precision
-from bitjax.schema import Section, field
+from bitjax.schema import NON_NEGATIVE, POSITIVE_INT, Section, field
 
 COMPUTE_DTYPES = ("auto", *DTYPES)
 
@@ -30,21 +30,44 @@ class ModelConfig(Section):
 
   section: ClassVar[str] = "model"
 
+  # Whether this model's dense layers can take a bias (`use_bias`); a model family that
+  # wires `use_bias` into its layers sets this.
+  takes_bias: ClassVar[bool] = False
+
   precision: str = field("bf16", allowed=PRECISIONS)
   weight_quant: str | None = None  # None: the preset's; else a name in WEIGHT_QUANTIZERS
   act_bits: int | None = None  # None: the preset's; 0: no activation quantization
-  act_granularity: str | None = None  # None: the preset's; "token" or "tensor"
+  # None: the preset's; a name in ACTIVATION_QUANTIZERS ("token", "tensor", "token_qb")
+  act_granularity: str | None = None
+  # the model's norms (pre-norms, final norm), and a quantized layer's unless dense_norm
+  # or the preset names another
   norm: str = field("rms", allowed=NORM_TYPES)
-  norm_eps: float = 1e-6
+  # the norm inside each quantized BitDense; None: the preset's (b1.58-ln: layernorm), else norm
+  dense_norm: str | None = field(None, allowed=NORM_TYPES)
+  # None: the preset's (1e-6; b1.58-ln 1e-5); a resolved config holds the number
+  norm_eps: float | None = field(None, rule=NON_NEGATIVE)
+  # None: the preset's where the model's layers take a bias (b1.58-ln: True), else False
+  use_bias: bool | None = None
+  # the longest context the model is meant for (generation refuses longer ones:
+  # bitjax.infer.generation.check_context); None: no limit but memory
+  max_seq_len: int | None = field(None, rule=POSITIVE_INT)
   # auto: the preset's dtype, else bf16 on accelerators / f32 on CPU
   compute_dtype: str = field("auto", allowed=COMPUTE_DTYPES)
 
   def __post_init__(self):
     super().__post_init__()
     try:
-      self.spec
+      spec = self.spec
     except ValueError as e:
       raise ValueError(f"config.model.{e}") from None
+    if self.use_bias and not self.takes_bias:
+      raise self.error("use_bias", f"is not possible: {type(self).__name__}'s layers take no "
+                       "bias (only the MLP and GNN wire one); set None or False")
+    # Preset-dependent fields hold their value from here on, so every model reads numbers.
+    if self.norm_eps is None:
+      object.__setattr__(self, "norm_eps", spec.norm_eps)
+    if self.use_bias is None:
+      object.__setattr__(self, "use_bias", spec.bias and self.takes_bias)
 
   @property
   def spec(self) -> QuantSpec:
@@ -59,9 +82,12 @@ class ModelConfig(Section):
 
   @property
   def inner_norm(self) -> str | None:
-    """The norm a BitDense carries: the configured one when quantized, else none
-    (full-precision models keep their usual pre-norms instead)."""
-    return self.norm if self.spec.quantized else None
+    """The norm a BitDense carries when quantized (dense_norm, else the preset's, else
+    norm); none in full precision, where models keep their usual pre-norms instead."""
+    spec = self.spec
+    if not spec.quantized:
+      return None
+    return self.dense_norm or spec.norm or self.norm
 
   def dense_kwargs(self) -> dict:
     """BitDense arguments shared by every projection of a model with this config."""

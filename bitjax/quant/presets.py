@@ -12,17 +12,24 @@ from bitjax.schema import check_one_of
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-  """How a BitDense layer quantizes: weight method, activation bits and granularity.
+  """How a BitDense layer quantizes: weight method, activation bits and granularity,
+  and the layer around them as the preset's paper defines it.
 
   `act_bits=None` leaves activations in full precision. `compute_dtype` is the
   preset's own compute dtype (`bf16` means bfloat16 matmuls); None lets the
-  platform choose (bfloat16 on accelerators, float32 on CPU).
+  platform choose (bfloat16 on accelerators, float32 on CPU). `norm` is the norm a
+  quantized layer carries (a name in `bitjax.nn.NORM_TYPES`; None: the model's
+  `config.model.norm`), `norm_eps` the model's norm eps unless the config sets one, and
+  `bias` whether the model's dense layers take a bias unless the config says.
   """
 
   weight: str = "none"
   act_bits: int | None = None
   act_granularity: str = "token"
   compute_dtype: str | None = None
+  norm: str | None = None
+  norm_eps: float = 1e-6
+  bias: bool = False
 
   def __post_init__(self):
     self.weight_quantizer  # validated against the registries as they are now
@@ -39,11 +46,6 @@ class QuantSpec:
   @property
   def quantized(self) -> bool:
     return self.weight_quantizer.quantized or self.act_bits is not None
-
-  @property
-  def lr_recipe(self) -> str:
-    """Which learning-rate recipe of `config.optim.recipes` a model of this spec trains with."""
-    return "low_bit" if self.quantized else "full_precision"
 
   @property
   def weight_bits(self) -> float:
@@ -65,6 +67,11 @@ PRECISIONS: dict[str, QuantSpec] = {
     "b1.58": QuantSpec("absmean", 8, "token"),
     "b1.58-median": QuantSpec("absmedian", 8, "token"),
     "1bit": QuantSpec("sign", 8, "tensor"),
+    # "When are 1.58 bits enough?" (arXiv 2411.05882) and its authors' BitLinear
+    # (schneiderkamplab/bitlinear, bitlinear/bitlinear.py): LayerNorm without affine
+    # parameters (torch.layer_norm, eps 1e-5) before quantization, activations scaled by
+    # 128/absmax per token, absmean ternary weights, with bias (docs/design.md section 3).
+    "b1.58-ln": QuantSpec("absmean", 8, "token_qb", norm="layernorm", norm_eps=1e-5, bias=True),
 }
 
 

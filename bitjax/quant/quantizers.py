@@ -4,7 +4,8 @@ A weight quantizer is one `WeightQuantizer` record: its quantize function, bits 
 weight, how its codes pack for serving and its default learning-rate recipe. Presets,
 layers, packing, memory accounting and config validation read these records and
 nothing else, so `register_weight_quantizer` is the one place a new quantizer goes.
-Activation quantizers are records per granularity (`token`, `tensor`) in the same way.
+Activation quantizers are records per granularity (`token`, `tensor`, and `token_qb`:
+per token with BitNet 2023's scale Q/absmax) in the same way.
 
 `quantize_*` return integer codes and a float32 scale such that `codes * scale`
 approximates the input; `weight_quant` / `activation_quant` return that product
@@ -149,15 +150,28 @@ def centred_sign(w: jax.Array) -> tuple[jax.Array, jax.Array]:
   return codes.astype(jnp.int8), scale
 
 
-def absmax_quantizer(absmax: Callable[[jax.Array], jax.Array]):
+def absmax_quantizer(absmax: Callable[[jax.Array], jax.Array], *, full_range: bool = False):
   """Symmetric absmax quantization to signed `bits`-bit integers, the absmax taken by
-  `absmax(|x|)`; codes are int8 up to 8 bits, int32 above."""
+  `absmax(|x|)`; codes are int8 up to 8 bits, int32 above. With Q = 2^(bits-1):
+
+  * `full_range=False` (BitNet b1.58 Training Tips): s = max(absmax, 1e-5) / (Q - 1),
+    codes = clip(round(x / s), -Q, Q - 1), so the largest value maps to Q - 1 (127);
+  * `full_range=True` (BitNet 2023, eq. 4, as 2411.05882's BitLinear uses it): codes =
+    clip(round(x * Q / max(absmax, 1e-5)), -Q, Q - 1), computed in that order, s = absmax / Q;
+    the largest value maps to Q (128), which the clip brings to Q - 1 on the positive side.
+  """
 
   def quantize(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
     q = 2 ** (bits - 1)
     x32 = x.astype(jnp.float32)
-    scale = jnp.maximum(absmax(jnp.abs(x32)), SCALE_EPS) / (q - 1)
-    codes = jnp.clip(jnp.round(x32 / scale), -q, q - 1)
+    magnitude = jnp.maximum(absmax(jnp.abs(x32)), SCALE_EPS)
+    if full_range:
+      codes = jnp.round(x32 * (q / magnitude))
+      scale = magnitude / q
+    else:
+      scale = magnitude / (q - 1)
+      codes = jnp.round(x32 / scale)
+    codes = jnp.clip(codes, -q, q - 1)
     return codes.astype(jnp.int8 if bits <= 8 else jnp.int32), scale
 
   return quantize
@@ -172,6 +186,9 @@ register_weight_quantizer(WeightQuantizer("sign", centred_sign, 1.0, "ternary"))
 register_activation_quantizer(ActivationQuantizer(
     "token", absmax_quantizer(lambda a: jnp.max(a, axis=-1, keepdims=True))))
 register_activation_quantizer(ActivationQuantizer("tensor", absmax_quantizer(jnp.max)))
+# Per token with the scale Q/absmax (128/absmax at 8 bits): the b1.58-ln preset (2411.05882).
+register_activation_quantizer(ActivationQuantizer(
+    "token_qb", absmax_quantizer(lambda a: jnp.max(a, axis=-1, keepdims=True), full_range=True)))
 
 
 def quantize_weight(w: jax.Array, method: str = "absmean") -> tuple[jax.Array, jax.Array]:
@@ -193,9 +210,9 @@ def quantize_activation(
 ) -> tuple[jax.Array, jax.Array]:
   """Symmetric absmax quantization to signed `bits`-bit integers.
 
-  The scale is taken over the last axis (`token`, shape x.shape[:-1] + (1,))
-  or the whole tensor (`tensor`, shape ()). Codes are int8 up to 8 bits,
-  int32 above.
+  The scale is taken over the last axis (`token`, `token_qb`: shape x.shape[:-1] + (1,))
+  or the whole tensor (`tensor`, shape ()); `token_qb` scales by Q/absmax instead of
+  (Q-1)/absmax (`absmax_quantizer`). Codes are int8 up to 8 bits, int32 above.
   """
   check_one_of("bits", bits, ACTIVATION_BITS)
   return activation_quantizer(granularity).quantize(x, bits)

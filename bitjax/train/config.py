@@ -23,7 +23,7 @@ from bitjax.models import ModelConfig
 from bitjax.parallel import MeshConfig
 from bitjax.schema import POSITIVE_INT, Section, field
 from bitjax import files
-from bitjax.train.optim import DERIVED_FIELDS, OptimConfig
+from bitjax.train.optim import DERIVED_FIELDS, OptimConfig, earlier_schedule_names
 
 SECTIONS = ("task", "model", "data", "train", "mesh", "optim")
 # A vocabulary size left to the tokenizer is rounded up to a multiple of this, as the byte
@@ -95,7 +95,8 @@ class ConfigError(ValueError):
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with every derived field filled (config.optim's DERIVED_FIELDS:
   the rates and schedule of the model's learning-rate recipe, unless set; a
-  config.model.vocab_size of None: the task's tokenizer's, see derived_vocab_size),
+  config.model.vocab_size of None: the task's tokenizer's, see derived_vocab_size; a
+  config.model.norm_eps of None: the precision preset's),
   after checking every section. Call it after the overrides, so the recipe follows the final precision; a
   resolved config resolves to itself. Raises ConfigError naming the field."""
   try:
@@ -116,6 +117,9 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "vocab_size" in config.model and config.model.vocab_size is None:
     resolved.model.vocab_size = derived_vocab_size(task)
   model = task.config_class.from_mapping(resolved.model)
+  # The preset's norm eps as a number, as config.json held it before it was derived.
+  if resolved.model.get("norm_eps", 0) is None:
+    resolved.model.norm_eps = model.norm_eps
   MeshConfig.from_mapping(config.mesh)
   TrainConfig.from_mapping(config.train)
   task.validate(model)
@@ -161,11 +165,13 @@ def run_record(config: ml_collections.ConfigDict) -> dict:
 def upgrade_record(saved: dict, recipe: str) -> dict:
   """A config.json of an earlier version as this one writes it: the derived fields that
   version left to run time (schedule "auto", stage1_end_lr None) filled from its saved
-  rates by the same rules. `recipe` is the learning-rate recipe of the resuming run (the
+  rates by the same rules, and its schedule under this version's name
+  (`earlier_schedule_names`). `recipe` is the learning-rate recipe of the resuming run (the
   precision fields are compared too). A saved optim section this version cannot read is
   left as it is, so the comparison names what differs."""
   try:
-    optim = OptimConfig.from_mapping({**saved["optim"], "recipes": {}}).resolved(recipe)
+    renamed = earlier_schedule_names(saved["optim"], recipe)
+    optim = OptimConfig.from_mapping({**renamed, "recipes": {}}).resolved(recipe)
   except (KeyError, ValueError):
     return saved
   return {**saved, "optim": {name: getattr(optim, name) for name in saved["optim"]}}

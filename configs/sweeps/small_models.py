@@ -3,13 +3,14 @@ enough?"): `configs/sweeps/small_models.py:PRESET[,seeds=N,hidden=H]`.
 
 Presets:
   mlp      WideMLP on digits, breast_cancer, wine and the stdlib-package TF-IDF task
-           x bf16 (16-bit), b1.58 (1.58-mean), b1.58-median, 1bit
+           x bf16 (16-bit), b1.58 (1.58-mean), b1.58-median, 1bit, and b1.58-ln (the
+           paper's own BitLinear: LayerNorm without affine, 128/absmax, bias)
   gnn      SGC (K=2) on the Cora-shaped CSBM and karate club, GCN on the CSBM
-           x the same four precisions
+           x the same five precisions
   encoder  masked-byte LM on 64-byte windows, 200 steps of 16, at hidden H and 2H
-           x bf16, b1.58, b1.58-median
+           x bf16, b1.58, b1.58-median, b1.58-ln
   encdec   span corruption of 64-byte windows, 200 steps of 16, at hidden H and 2H
-           x the same three
+           x the same four
   all      the four above (experiments/small_models)
 Every cell runs `seeds` seeds (default 3): train.seed sets the initialisation, the
 batch order and dropout; data splits stay fixed.
@@ -22,8 +23,10 @@ from bitjax.train.config import parse_config_arg
 
 CONFIGS = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 PRESETS = ("mlp", "gnn", "encoder", "encdec", "all")
-ALL_PRECISIONS = ["bf16", "b1.58", "b1.58-median", "1bit"]
-TRANSFORMER_PRECISIONS = ["bf16", "b1.58", "b1.58-median"]
+# b1.58 is BitNet b1.58's layer, b1.58-ln the 2411.05882 layer the paper trained with, so
+# the sweep runs both layers the comparison is about.
+ALL_PRECISIONS = ["bf16", "b1.58", "b1.58-median", "1bit", "b1.58-ln"]
+TRANSFORMER_PRECISIONS = ["bf16", "b1.58", "b1.58-median", "b1.58-ln"]
 
 
 def config_file(name: str) -> str:
