@@ -112,14 +112,14 @@ def _paper_scale(config, size):
 
 def _bitnet_2b4t(config):
   # [2b4t] architecture: GQA, squared-ReLU GLU, RoPE theta 500000, no biases, tied
-  # embeddings, LLaMA 3 vocabulary, eps 1e-5, context 4096. Its SubLN layout is the
-  # norm-layout option (config.model.norm_layout) of the Hugging Face import, which this
-  # file does not set yet: until then the blocks are bitjax's pre-norm BitLinear layout.
+  # embeddings, LLaMA 3 vocabulary, eps 1e-5, context 4096, and the released model's SubLN
+  # layout (norm_layout="subln": the Hugging Face BitNet checkpoints' norms, so imported
+  # weights map one to one).
   config.model.update(hidden_size=2560, num_layers=30, num_heads=20, num_kv_heads=5,
                       mlp_hidden_size=6912, mlp_type="relu2_glu", rope_theta=500000.0,
                       tie_embeddings=PAPER_TIE_EMBEDDINGS["2b4t"], vocab_size=128256,
                       norm_eps=PAPER_NORM_EPS["2b4t"], max_seq_len=4096,
-                      remat=True, scan_layers=True)
+                      norm_layout="subln", remat=True, scan_layers=True)
   # Training at [b1.58]'s length (2048) and token budget: the 2B4T report's pre-training
   # length was not checked here, and 4096 is the released context (max_seq_len).
   _paper_training(config)

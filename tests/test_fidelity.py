@@ -183,7 +183,7 @@ def test_2b4t_is_bitnet_b158_by_default_with_the_released_config():
   config, model = resolved_lm("2b4t")
   assert model.precision == "b1.58" and model.spec.quantized
   assert {name: getattr(model, name) for name in BITNET_2B4T} == BITNET_2B4T
-  assert not model.use_bias
+  assert not model.use_bias and model.norm_layout == "subln"  # the released SubLN norms
   assert (config.optim.schedule, config.optim.lr, config.optim.stage2_lr) == (
       "two_stage", 1.5e-3, 1e-3)
   _, bf16 = resolved_lm("2b4t,precision=bf16")
