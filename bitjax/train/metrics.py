@@ -38,15 +38,17 @@ class MetricWriter:
 
   TB_UPLOAD_S = 60.0
 
-  def __init__(self, workdir: str, start_step: int = 0):
+  def __init__(self, workdir: str, start_step: int | None = None):
     """`start_step`: the step the run resumes from (0: a new run). Records of later steps,
     written by a session that ended before its next checkpoint, are dropped from
     metrics.jsonl before anything is appended, and TensorBoard is told to purge its events
-    from step start_step + 1 on, so every (step, split) is recorded once."""
+    from step start_step + 1 on, so every (step, split) is recorded once. None keeps
+    every record there."""
     from tensorboardX import SummaryWriter  # here: benchmarks use this module without it
 
     path = os.path.join(workdir, "metrics.jsonl")
-    if files.exists(path):
+    purge_step = None if start_step is None else start_step + 1
+    if start_step is not None and files.exists(path):
       records, torn = _read_records(path)
       kept = [record for record in records if record["step"] <= start_step]
       if torn or len(kept) < len(records):
@@ -57,10 +59,10 @@ class MetricWriter:
     if self.tb_remote:
       self.tb_dir = tempfile.mkdtemp(prefix="bitjax-tensorboard-")
       self.tb = SummaryWriter(self.tb_dir, filename_suffix=f".{uuid.uuid4().hex[:8]}",
-                              purge_step=start_step + 1)
+                              purge_step=purge_step)
     else:
       self.tb_dir = tb_dir
-      self.tb = SummaryWriter(tb_dir, purge_step=start_step + 1)
+      self.tb = SummaryWriter(tb_dir, purge_step=purge_step)
     self.tb_uploaded = time.monotonic()
 
   def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
