@@ -23,8 +23,14 @@
 
 `--distributed=on` (or a multi-host environment, see bitjax.parallel.multihost) makes
 train / compare / sweep join a multi-process job first.
+
+A user error (a bad flag, config field, config file or workdir) ends in one line naming
+it, exit status 1; so does a run stopped at a non-finite loss (WORKDIR/FAILED.json). SIGTERM
+or SIGINT during training saves a checkpoint at the current step and exits with status 75
+(bitjax.train.trainer.EXIT_INTERRUPTED); rerunning the command resumes.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -116,7 +122,10 @@ def main(argv):
       raise app.UsageError("`export_gguf` needs --workdir and --out")
   elif not FLAGS.workdir or (command != "plot" and FLAGS.config is None):
     raise app.UsageError("--workdir is required, and --config for all but `plot`")
+  from bitjax.files import WorkdirError
   from bitjax.train.config import ConfigError
+  from bitjax.sweep.runner import RunsFailed
+  from bitjax.train.trainer import EXIT_INTERRUPTED, Interrupted, NonFiniteError
   try:
     if command == "compile":
       _compile()
@@ -139,6 +148,11 @@ def main(argv):
       _run_command(command)
   except ConfigError as e:
     sys.exit(f"bitjax {command}: bad config: {e}")
+  except (WorkdirError, NonFiniteError, RunsFailed) as e:
+    sys.exit(f"bitjax {command}: {e}")
+  except Interrupted as e:
+    print(f"bitjax {command}: {e}", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _compile():
@@ -269,9 +283,61 @@ def _run_command(command):
     print(report.analyze(FLAGS.workdir))
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with every mistake in the flags (an unknown flag or config field,
+  a value of the wrong type, a config file that is missing or refuses its argument) in
+  one line naming the flag and what is allowed, instead of a traceback."""
+  command = argv[1] if len(argv) > 1 else "?"
+  try:
+    args = FLAGS(argv)
+  except flags.Error as e:  # absl's own, or a config file's error wrapped by it
+    flag, _, message = str(e).partition(": ")
+    sys.exit(f"bitjax {command}: {flag}: {_root_cause(e)}" if flag.startswith("flag --")
+             and message else f"bitjax {command}: {' '.join(str(e).split())}")
+  except (KeyError, AttributeError) as e:  # --config.x.y names no field
+    sys.exit(f"bitjax {command}: {_unknown_field(argv) or _root_cause(e)}")
+  if "config" in FLAGS and hasattr(FLAGS["config"], "config_filename"):
+    path = config_flags.get_config_filename(FLAGS["config"])
+    path = path and path.partition(":")[0]
+    if path and not os.path.isfile(path):
+      sys.exit(f"bitjax {command}: --config: file {path!r} does not exist; give a config "
+               "file such as configs/lm.py:tiny")
+  return args
+
+
+def _root_cause(error: BaseException) -> str:
+  """The innermost exception of a chain, in one line, without ml_collections' tracebacks."""
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  return " ".join(str(text).split())
+
+
+def _unknown_field(argv) -> str | None:
+  """For the first `--config.a.b=...` whose path the config file's config lacks: which
+  section has no such field, and the fields it has."""
+  from bitjax.train.config import load_config
+
+  spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+  if spec is None:
+    return None
+  config = load_config(spec)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    name = arg.split("=", 1)[0]
+    node, walked = config, "config"
+    for part in name[len("--config."):].split("."):
+      if not hasattr(node, "keys") or part not in node:
+        known = sorted(node.keys()) if hasattr(node, "keys") else []
+        return f"{name}: {walked} has no field {part!r}; it has {known}"
+      node, walked = node[part], f"{walked}.{part}"
+  return None
+
+
 def run():
   _define_config_flag(sys.argv[1] if len(sys.argv) > 1 else None)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

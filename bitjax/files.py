@@ -19,6 +19,12 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
+
+class WorkdirError(ValueError):
+  """A workdir (or a file in it) cannot be used as asked; the message names it and why.
+  The command line reports it in one line."""
+
 
 # The schemes etils.epath routes to fsspec / tf.io.gfile; other "x://" strings are refused
 # rather than taken for a relative local path named "x:".
@@ -102,7 +108,8 @@ def write_text(path: str, text: str) -> None:
 def write_atomic(path: str, text: str) -> None:
   """Replace `path` by `text` so that readers see the old file or the whole new one.
 
-  Local: a temporary file, then os.replace (atomic on POSIX filesystems). Remote: one
+  Local: a temporary file beside it (flushed to disk), then os.replace (atomic on POSIX
+  filesystems). Remote: one
   upload of the object; an object store makes an object visible only once its upload
   completes (a rename there would be copy + delete, no more atomic). The text is built
   before anything is written, so a serialization error writes nothing.
@@ -110,9 +117,26 @@ def write_atomic(path: str, text: str) -> None:
   if is_remote(path):
     write_text(path, text)
     return
-  tmp = path + ".tmp"
-  write_text(tmp, text)
-  os.replace(tmp, path)
+  directory, name = os.path.split(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(text.encode("utf-8"))
+      f.flush()
+      os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)  # only this call's own temporary file
+    raise
+
+
+def move(source: str, target: str) -> None:
+  """Move a file or folder (local: one rename; remote: fsspec's copy, then removal of the
+  source objects, as object stores cannot rename)."""
+  if is_remote(source):
+    _epath(source).rename(target)
+  else:
+    os.rename(source, target)
 
 
 def open_append(path: str):

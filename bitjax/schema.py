@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -96,6 +97,18 @@ def _has_type(value, hint) -> bool:
   return isinstance(value, (int, float) if hint is float else hint)
 
 
+def _all_finite(value) -> bool:
+  """No nan or inf in a float value, nor in the floats of a tuple or mapping: a non-finite
+  rate or constant would train to NaN (or stay silent) rather than fail up front."""
+  if isinstance(value, float):
+    return math.isfinite(value)
+  if isinstance(value, Mapping):
+    return all(_all_finite(v) for v in value.values())
+  if isinstance(value, (tuple, list)):
+    return all(_all_finite(v) for v in value)
+  return True
+
+
 def _split_optional(hint) -> tuple[Any, bool]:
   """(the type, whether None is allowed) of an annotation such as `int | None`."""
   if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -125,6 +138,8 @@ class Section:
       object.__setattr__(self, f.name, value)
       if value is None and can_be_none:
         continue
+      if not _all_finite(value):
+        raise self.error(f.name, "must be finite (no nan or inf anywhere in it)", value)
       allowed, rule = f.metadata.get("allowed"), f.metadata.get("rule")
       if allowed is not None:
         check_one_of(f"config.{self.section}.{f.name}", value, allowed)

@@ -99,18 +99,33 @@ class PlanetoidFormatError(ValueError):
 
 
 class _PlanetoidUnpickler(pickle.Unpickler):
-  """Unpickles only what Planetoid files hold (numpy arrays, scipy sparse matrices,
-  dicts and lists), so a tampered file cannot run code."""
+  """Unpickles exactly the classes Planetoid files are made of (as Python 2 pickled them
+  and as today's numpy and scipy pickle them), so a tampered file cannot run code: numpy
+  arrays and scalars, scipy CSR matrices, a defaultdict of lists, and the plain
+  containers and helpers their pickles name. Any other global (os.system, eval, a numpy
+  or scipy function) is refused, since a pickle calls what it names."""
 
-  ALLOWED_ROOTS = ("numpy", "scipy", "collections", "copy_reg", "copyreg", "_codecs")
-  ALLOWED_BUILTINS = ("object", "set", "frozenset", "list", "dict", "tuple", "slice",
-                      "bytearray", "int", "float", "complex")
+  ALLOWED = frozenset({
+      ("numpy", "ndarray"), ("numpy", "dtype"),
+      ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+      ("scipy.sparse._csr", "csr_matrix"),
+      ("collections", "defaultdict"),
+      ("copyreg", "_reconstructor"),  # how Python 2 pickled csr_matrix (new-style classes)
+      ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+      ("builtins", "object"), ("builtins", "list"), ("builtins", "dict"),
+  })
+  # Older names of the same things: Python 2's modules, numpy < 2, scipy < 1.8.
+  RENAMED = {"numpy.core.multiarray": "numpy._core.multiarray",
+             "scipy.sparse.csr": "scipy.sparse._csr", "copy_reg": "copyreg",
+             "__builtin__": "builtins"}
 
   def find_class(self, module, name):
-    if module.split(".")[0] in self.ALLOWED_ROOTS or (
-        module in ("builtins", "__builtin__") and name in self.ALLOWED_BUILTINS):
-      return super().find_class(module, name)
-    raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+    module = self.RENAMED.get(module, module)
+    if (module, name) not in self.ALLOWED:
+      raise pickle.UnpicklingError(
+          f"refusing to load {module}.{name}: Planetoid files hold only numpy arrays, "
+          "scipy CSR matrices and a defaultdict of lists")
+    return super().find_class(module, name)
 
 
 def _planetoid_path(data_dir: str, name: str, part: str) -> str:

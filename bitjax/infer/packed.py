@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -132,25 +133,57 @@ def export_packed(model: nnx.Module, path: str) -> int:
     return f.tell()
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz file is a zip archive of .npy arrays
+
+
 def import_packed(model: nnx.Module, path: str) -> None:
-  """Load `export_packed`'s file into a packed model of the same architecture, in place."""
+  """Load `export_packed`'s file into a packed model of the same architecture, in place.
+
+  The file is data, never code: arrays are read with allow_pickle=False. Every layer is
+  read and checked (names, shapes, codes, finite scales) before the first is set, so a bad
+  file leaves the model as it was; errors name the file and the layer."""
   layers = _serving_layers(model)
-  with np.load(path) as stored:
-    found = str(stored["format"]) if "format" in stored else None
-    if found != FORMAT_NAME:
-      raise ValueError(f"{path}: format {found!r}; this bitjax reads {FORMAT_NAME!r}")
-    names = {key.split(":")[0] for key in stored.files if ":" in key}
-    if names != set(layers):
-      raise ValueError(f"{path}: layers only in the file {sorted(names - set(layers))}, "
-                       f"only in the model {sorted(set(layers) - names)}")
-    for name, layer in layers.items():
-      shape = tuple(int(v) for v in stored[f"{name}:shape"])
-      if shape != (layer.in_features, layer.out_features):
-        raise ValueError(f"{path}: layer {name} has shape {shape}, the model "
-                         f"{(layer.in_features, layer.out_features)}")
-      scale = stored[f"{name}:scale"]
-      if scale.shape != layer.scale.get_value().shape:
-        raise ValueError(f"{path}: layer {name} has a scale of shape {scale.shape}, the model "
-                         f"{layer.scale.get_value().shape}")
+  with open(path, "rb") as f:
+    if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+      raise ValueError(f"{path}: not a packed-weights file (an .npz zip archive written by "
+                       "export_packed)")
+  try:
+    with np.load(path, allow_pickle=False) as stored:
+      weights = _read_packed_layers(stored, layers, path)
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    if str(e).startswith(f"{path}:"):
+      raise
+    raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+  for name, (codes, scale) in weights.items():
+    layers[name].set_packed(pack_ternary(jnp.asarray(codes)), scale)
+
+
+def _read_packed_layers(stored, layers: dict[str, BitDense], path: str):
+  """{layer name: (codes, scale)} of every layer of `stored`, each checked against the
+  model's layer; ValueError naming the file and layer at the first problem."""
+  found = str(stored["format"]) if "format" in stored else None
+  if found != FORMAT_NAME:
+    raise ValueError(f"{path}: format {found!r}; this bitjax reads {FORMAT_NAME!r}")
+  names = {key.split(":")[0] for key in stored.files if ":" in key}
+  if names != set(layers):
+    raise ValueError(f"{path}: layers only in the file {sorted(names - set(layers))}, "
+                     f"only in the model {sorted(set(layers) - names)}")
+  weights = {}
+  for name, layer in layers.items():
+    shape = tuple(int(v) for v in stored[f"{name}:shape"])
+    if shape != (layer.in_features, layer.out_features):
+      raise ValueError(f"{path}: layer {name} has shape {shape}, the model "
+                       f"{(layer.in_features, layer.out_features)}")
+    scale = stored[f"{name}:scale"]
+    if scale.shape != layer.scale.get_value().shape:
+      raise ValueError(f"{path}: layer {name} has a scale of shape {scale.shape}, the model "
+                       f"{layer.scale.get_value().shape}")
+    if not np.issubdtype(scale.dtype, np.floating) or not np.isfinite(scale).all():
+      raise ValueError(f"{path}: layer {name} has a scale that is not all finite floats "
+                       f"({scale.dtype}, e.g. {scale.reshape(-1)[:4].tolist()})")
+    try:
       codes = unpack_base3(stored[f"{name}:codes"], shape)
-      layer.set_packed(pack_ternary(jnp.asarray(codes)), scale)
+    except ValueError as e:
+      raise ValueError(f"{path}: layer {name}: {e}") from None
+    weights[name] = codes, scale
+  return weights

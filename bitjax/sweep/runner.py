@@ -2,7 +2,10 @@
 
 A run is finished when WORKDIR/NAME/result.json exists; it is written last, after
 the run's summary, so a killed sweep rerun with the same command trains only what
-is missing and leaves finished results untouched. WORKDIR may be a gs:// URL
+is missing and leaves finished results untouched. A run that stopped at a non-finite
+loss left WORKDIR/NAME/FAILED.json instead: it is reported as failed, not retrained, and
+the sweep goes on with the others, then ends in RunsFailed. A run stopped by SIGTERM or
+SIGINT (bitjax.train.trainer.Interrupted) stops the sweep after its checkpoint. WORKDIR may be a gs:// URL
 (bitjax.files). `--task_index/--num_tasks`
 splits the runs over a job array (or one TPU slice per share).
 """
@@ -20,6 +23,18 @@ from bitjax import files
 RESULT_FILE = "result.json"
 RESULTS_CSV = "results.csv"
 PLOTS_DIR = "plots"
+
+
+class RunsFailed(RuntimeError):
+  """Some runs of a sweep stopped at a non-finite loss; the message names each and why."""
+
+
+def _failure(path: str) -> str:
+  """The reason a FAILED.json gives, in one line."""
+  try:
+    return json.loads(files.read_text(path))["reason"]
+  except (ValueError, KeyError, TypeError):
+    return f"{path} is not readable"
 
 
 def task_share(runs: list[Run], task_index: int, num_tasks: int) -> list[Run]:
@@ -70,20 +85,38 @@ def run_runs(share: list[Run], workdir: str, log=print) -> list[dict]:
   before the first one trains.
   """
   from bitjax.train.config import load_config, validate_config
+  from bitjax.train.trainer import FAILED_FILE, NonFiniteError
 
   check_unique(share)
   result_path = lambda run: os.path.join(workdir, run.name, RESULT_FILE)
+  failed_path = lambda run: os.path.join(workdir, run.name, FAILED_FILE)
+  finished = {run.name for run in share if files.exists(result_path(run))}
+  failed = {run.name: _failure(failed_path(run)) for run in share
+            if run.name not in finished and files.exists(failed_path(run))}
   pending = {run.name: load_config(run.config, run.overrides)
-             for run in share if not files.exists(result_path(run))}
+             for run in share if run.name not in finished and run.name not in failed}
   for config in pending.values():
     validate_config(config)
   files.makedirs(workdir)
   rows = []
   for i, run in enumerate(share, 1):
-    log(f"[{i}/{len(share)}] {run.name}: "
-        f"{'training' if run.name in pending else 'finished earlier'}")
-    rows.append(train_run(run, pending[run.name], workdir) if run.name in pending
-                else _read_result(result_path(run)))
+    prefix = f"[{i}/{len(share)}] {run.name}"
+    if run.name in finished:
+      log(f"{prefix}: finished earlier")
+      rows.append(_read_result(result_path(run)))
+    elif run.name in failed:
+      log(f"{prefix}: failed earlier: {failed[run.name]}")
+    else:
+      log(f"{prefix}: training")
+      try:
+        rows.append(train_run(run, pending[run.name], workdir))
+      except NonFiniteError as e:
+        failed[run.name] = str(e)
+        log(f"{prefix}: failed: {e}")
+  if failed:
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+    raise RunsFailed(f"{len(failed)} of {len(share)} runs failed ({reasons}); `python -m "
+                     f"bitjax plot --workdir {workdir}` analyses the {len(rows)} finished")
   return rows
 
 

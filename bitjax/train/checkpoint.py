@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from bitjax import files
@@ -24,10 +27,28 @@ def check_run_format(workdir: str, write: bool) -> None:
   if files.exists(path):
     found = json.loads(files.read_text(path)).get("format")
     if not isinstance(found, int) or found > RUN_FORMAT:
-      raise ValueError(f"workdir {workdir!r} was written by a newer bitjax (run format "
+      raise files.WorkdirError(f"workdir {workdir!r} was written by a newer bitjax (run format "
                        f"{found!r}; this version reads up to {RUN_FORMAT}); upgrade bitjax")
   elif write:
-    files.write_text(path, json.dumps({"format": RUN_FORMAT}) + "\n")
+    files.write_atomic(path, json.dumps({"format": RUN_FORMAT}) + "\n")
+
+
+def nonfinite_leaves(tree) -> list[str]:
+  """Paths (as jax.tree_util.keystr writes them) of the floating arrays of `tree` that hold
+  a nan or an inf; one reduction per array, on the devices that hold it."""
+  leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+  finite = jax.device_get([jnp.isfinite(leaf).all() for _, leaf in leaves])
+  return [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite) if not ok]
+
+
+class DamagedCheckpoints(files.WorkdirError):
+  """No committed step of a run's checkpoints restores intact; the message names each."""
+
+
+def _one_line(error: Exception) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
 class Checkpointer:
@@ -35,17 +56,24 @@ class Checkpointer:
 
   `for_reading` (bitjax.load: no max_to_keep, no directory created, never saved to)
   creates and deletes nothing, so it may open the checkpoints of a run that is still
-  training; Orbax lists only committed steps.
+  training; Orbax lists only committed steps (a folder still being written, Orbax's
+  `*.orbax-checkpoint-tmp-*` or one without its commit marker on gs://, is not a step).
   """
 
   def __init__(self, directory: str, max_to_keep: int | None, for_reading: bool = False):
     # Orbax takes gs:// URLs as they are (tensorstore writes the arrays there).
+    self.directory = files.absolute(directory)
     self.manager = ocp.CheckpointManager(
         files.absolute(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not for_reading),
     )
 
   def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def committed_step(self) -> int | None:
+    """The newest step once every save in flight has committed."""
+    self.manager.wait_until_finished()
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
@@ -59,6 +87,51 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data
+
+  def restore_newest_intact(self, abstract_state, set_data_state: Callable[[dict], None],
+                            warn: Callable[[str], None]):
+    """(step, state) of the newest step that restores intact, or None without steps.
+
+    Intact: Orbax restores it into `abstract_state` (its tree structure, shapes and
+    dtypes; Orbax raises on a missing or truncated file), every floating array is finite,
+    and `set_data_state` accepts its iterator state. Each damaged step newer than the
+    one taken is reported through `warn` with the reason and moved aside to
+    DIRECTORY.damaged/ (never deleted: it is evidence, and the run saves that step
+    again). When no step is intact, nothing is moved and DamagedCheckpoints names them all.
+    """
+    damaged = []
+    for step in reversed(self.all_steps()):
+      try:
+        state, data_state = self.restore(step, abstract_state)
+        bad = nonfinite_leaves(state)
+        if bad:
+          raise ValueError(f"non-finite values in {len(bad)} arrays, first {bad[0]}")
+        set_data_state(data_state)
+      except Exception as e:  # pylint: disable=broad-except  # any failure: try the previous
+        damaged.append((step, _one_line(e)))
+        continue
+      for bad_step, reason in damaged:
+        moved_to = self._set_aside(bad_step)
+        warn(f"checkpoint step {bad_step} is damaged ({reason}); moved to {moved_to}; "
+             f"resuming from step {step}")
+      return step, state
+    if damaged:
+      raise DamagedCheckpoints(
+          f"{self.directory}: no checkpoint restores intact: " +
+          "; ".join(f"step {step}: {reason}" for step, reason in damaged))
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Move step `step`'s folder to DIRECTORY.damaged/STEP (STEP-2, ... if taken)."""
+    target_dir = self.directory.rstrip("/") + ".damaged"
+    files.makedirs(target_dir)
+    target, n = f"{target_dir}/{step}", 1
+    while files.exists(target):
+      n += 1
+      target = f"{target_dir}/{step}-{n}"
+    files.move(f"{self.directory.rstrip('/')}/{step}", target)
+    self.manager.reload()
+    return target
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -101,10 +174,10 @@ def guard_config(workdir: str, config_dict: dict, write: bool = True,
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
       details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-      raise ValueError(
+      raise files.WorkdirError(
           f"workdir {workdir!r} holds a run with a different config ({details}); "
           "use a new --workdir, or the same config to resume")
     return
   if not write:
     return
-  files.write_text(path, json.dumps(canonical, indent=2, sort_keys=True))
+  files.write_atomic(path, json.dumps(canonical, indent=2, sort_keys=True))

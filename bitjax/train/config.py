@@ -47,6 +47,11 @@ class TrainConfig(Section):
   checkpoint_every: int = field(500, rule=POSITIVE_INT)
   max_checkpoints: int = field(2, rule=POSITIVE_INT)
   progress_bar: bool = True
+  # A step whose loss or gradient norm is not finite: "stop" ends the run there (nothing
+  # non-finite is saved; WORKDIR/FAILED.json says why), "skip" keeps the state from before
+  # it and stops after `max_skipped_in_a_row` such steps in a row.
+  nonfinite: str = field("stop", allowed=("stop", "skip"))
+  max_skipped_in_a_row: int = field(10, rule=POSITIVE_INT)
 
 
 def default_config(task: str = "lm") -> ml_collections.ConfigDict:
@@ -182,10 +187,16 @@ def check_workdir(workdir: str) -> str:
   create the directory otherwise. A workdir may be a local path or a gs:// URL
   (bitjax.files)."""
   if not workdir:
-    raise ValueError("--workdir is required")
+    raise files.WorkdirError("--workdir is required")
   if files.exists(workdir) and not files.isdir(workdir):
-    raise ValueError(f"--workdir={workdir!r} exists and is not a directory")
-  files.makedirs(workdir)
+    raise files.WorkdirError(f"--workdir={workdir!r} exists and is not a directory")
+  try:
+    files.makedirs(workdir)
+  except OSError as e:
+    raise files.WorkdirError(f"--workdir={workdir!r} cannot be created ({e.strerror or e})")
+  if not files.is_remote(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
+    raise files.WorkdirError(f"--workdir={workdir!r} is not writable; give a directory "
+                             "this user can write to")
   return workdir
 
 
@@ -200,7 +211,7 @@ def call_python_file(spec: str, function: str):
   path, _, arg = spec.partition(".py:")
   path = path if path.endswith(".py") else path + ".py"
   if not os.path.isfile(path):
-    raise ValueError(f"file {path!r} (from {spec!r}) does not exist")
+    raise ConfigError(f"file {path!r} (from {spec!r}) does not exist")
   name = "bitjax_file_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(path))
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)

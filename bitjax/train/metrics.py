@@ -38,18 +38,31 @@ class MetricWriter:
 
   TB_UPLOAD_S = 60.0
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int | None = None):
+    """`start_step`: the step the run resumes from (0: a new run). Records of later steps,
+    written by a session that ended before its next checkpoint, are dropped from
+    metrics.jsonl before anything is appended, and TensorBoard is told to purge its events
+    from step start_step + 1 on, so every (step, split) is recorded once. None keeps
+    every record there."""
     from tensorboardX import SummaryWriter  # here: benchmarks use this module without it
 
-    self.jsonl = files.open_append(os.path.join(workdir, "metrics.jsonl"))
+    path = os.path.join(workdir, "metrics.jsonl")
+    purge_step = None if start_step is None else start_step + 1
+    if start_step is not None and files.exists(path):
+      records, torn = _read_records(path)
+      kept = [record for record in records if record["step"] <= start_step]
+      if torn or len(kept) < len(records):
+        files.write_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
+    self.jsonl = files.open_append(path)
     tb_dir = os.path.join(workdir, "tensorboard")
     self.tb_remote = tb_dir if files.is_remote(workdir) else None
     if self.tb_remote:
       self.tb_dir = tempfile.mkdtemp(prefix="bitjax-tensorboard-")
-      self.tb = SummaryWriter(self.tb_dir, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+      self.tb = SummaryWriter(self.tb_dir, filename_suffix=f".{uuid.uuid4().hex[:8]}",
+                              purge_step=purge_step)
     else:
       self.tb_dir = tb_dir
-      self.tb = SummaryWriter(tb_dir)
+      self.tb = SummaryWriter(tb_dir, purge_step=purge_step)
     self.tb_uploaded = time.monotonic()
 
   def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
@@ -81,9 +94,28 @@ class MetricWriter:
         shutil.rmtree(self.tb_dir, ignore_errors=True)
 
 
+def _read_records(path: str) -> tuple[list[dict], int]:
+  """The records of a metrics.jsonl and how many torn lines were skipped (a write cut
+  short by a crash or a full disk), each with a warning naming the file and line."""
+  records, torn = [], 0
+  for number, line in enumerate(files.read_text(path).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("not a record with an integer step")
+    except ValueError:
+      torn += 1
+      logging.warning("%s:%d: skipped a torn line: %.60r", path, number, line)
+      continue
+    records.append(record)
+  return records, torn
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  text = files.read_text(os.path.join(workdir, "metrics.jsonl"))
-  return [json.loads(line) for line in text.split("\n") if line.strip()]
+  """Every record of WORKDIR/metrics.jsonl; torn lines are skipped with a warning."""
+  return _read_records(os.path.join(workdir, "metrics.jsonl"))[0]
 
 
 def throughput_metrics(units_per_s: float, flops_per_unit: float, num_devices: int,

@@ -60,12 +60,12 @@ def state_layout(model_cfg, tx: optax.GradientTransformation, seed: int, mesh: M
 
 
 def jit_train_step(layout: StateLayout, tx, lr_schedule, mesh: Mesh, batch: NamedSharding,
-                   loss_fn: LossFn, seed: int = 0):
+                   loss_fn: LossFn, seed: int = 0, skip_nonfinite: bool = False):
   """The jitted train step: state in and out in its shardings (donated), the batch in
-  `batch` (a sharding for every array), metrics replicated. `loss_fn` and `seed` as in
-  train_step."""
+  `batch` (a sharding for every array), metrics replicated. `loss_fn`, `seed` and
+  `skip_nonfinite` as in train_step."""
   step = functools.partial(train_step, layout.graphdef, tx, lr_schedule, loss_fn=loss_fn,
-                           seed=seed)
+                           seed=seed, skip_nonfinite=skip_nonfinite)
   return sharded_jit(step, mesh,
                      in_shardings=(layout.shardings, batch),
                      out_shardings=(layout.shardings, NamedSharding(mesh, PartitionSpec())),
@@ -73,16 +73,27 @@ def jit_train_step(layout: StateLayout, tx, lr_schedule, mesh: Mesh, batch: Name
 
 
 def train_step(graphdef, tx, lr_schedule, state: TrainState, batch, *,
-               loss_fn: LossFn, seed: int = 0):
+               loss_fn: LossFn, seed: int = 0, skip_nonfinite: bool = False):
   """One optimizer step on `loss_fn(model, batch, rng) -> (loss, metrics)`. The rng (for
   dropout) is derived from `seed` and the step count, so the step stays a pure function
-  of (state, batch) and a resumed run draws the same keys."""
+  of (state, batch) and a resumed run draws the same keys.
+
+  `skip_nonfinite` (config.train.nonfinite="skip"): where the loss or the gradient norm
+  is not finite, the parameters and optimizer state stay as they were (only the step
+  count advances) and metrics["skipped"] is 1. A select keeps every finite update's values
+  bit for bit; the old state must stay alive meanwhile, so the step holds two states."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   loss_of = lambda params: loss_fn(nnx.merge(graphdef, params), batch, rng)
   (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
-  metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
-             "lr": lr_schedule(state.step)}
-  return new_state, metrics
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  metrics = {"loss": loss, **aux, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
+  if skip_nonfinite:
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_old = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_old, params, state.params)
+    opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
+    metrics["skipped"] = (~finite).astype(jnp.int32)
+  return TrainState(state.step + 1, params, opt_state), metrics
 

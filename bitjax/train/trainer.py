@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -18,7 +21,8 @@ from bitjax.data.tokenizers import MARKER as TOKENIZER_MARKER
 from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
 from bitjax import files
-from bitjax.train.checkpoint import Checkpointer, check_run_format, guard_config
+from bitjax.train.checkpoint import (Checkpointer, check_run_format, guard_config,
+                                     nonfinite_leaves)
 from bitjax.train.config import (ConfigError, check_workdir, default_config, model_config,
                                  resolve_config, run_record, upgrade_record)
 from bitjax.train.metrics import MetricWriter
@@ -62,6 +66,88 @@ def _run_summary(config, task, model_cfg, model, num_params, eval_metrics, wall,
       "device_kind": jax.devices()[0].device_kind,
       "data": data_info,
   }
+
+
+FAILED_FILE = "FAILED.json"  # WORKDIR/FAILED.json: the step and reason a run stopped at
+# The exit status of a run (or sweep) stopped by SIGTERM / SIGINT after saving a checkpoint:
+# sysexits' EX_TEMPFAIL, "try again later", which is what a preempted job should do.
+EXIT_INTERRUPTED = 75
+
+
+class NonFiniteError(RuntimeError):
+  """A run stopped at a non-finite loss, gradient norm or state; FAILED.json says so."""
+
+  def __init__(self, step: int, reason: str):
+    super().__init__(f"step {step}: {reason}")
+    self.step, self.reason = step, reason
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT stopped the run after it saved a checkpoint at `step`."""
+
+  def __init__(self, signal_name: str, step: int):
+    super().__init__(f"{signal_name} at step {step}: saved a checkpoint at step {step}; "
+                     f"rerun the same command to resume (exit code {EXIT_INTERRUPTED})")
+    self.signal_name, self.step = signal_name, step
+
+
+class StopRequests:
+  """While active, SIGTERM (how Cloud TPU announces a preemption) and SIGINT only set
+  `signal_name`, which the loop reads after each step; the handlers in place before are
+  put back at once, so a second signal acts as it would have (ends the process). Signals
+  can only be caught in the main thread; elsewhere this does nothing."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    self._restore()
+
+  def _restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+
+
+class NonFiniteGuard:
+  """Checks each step's loss and gradient norm. `stop`: the first non-finite one raises
+  NonFiniteError; `skip` (the jitted step kept the old state): counts them and raises
+  after `max_in_a_row` in a row."""
+
+  QUANTITIES = ("loss", "grad_norm")
+
+  def __init__(self, mode: str, max_in_a_row: int):
+    self.mode, self.max_in_a_row = mode, max_in_a_row
+    self.in_a_row = self.skipped = 0
+
+  def check(self, step: int, metrics) -> None:
+    values = jax.device_get({key: metrics[key] for key in self.QUANTITIES})
+    bad = next((key for key in self.QUANTITIES if not math.isfinite(float(values[key]))),
+               None)
+    if bad is None:
+      self.in_a_row = 0
+      return
+    what = f"{bad} is {float(values[bad])}"
+    if self.mode == "stop":
+      raise NonFiniteError(step, f"{what} (config.train.nonfinite='stop')")
+    self.in_a_row += 1
+    self.skipped += 1
+    if self.in_a_row >= self.max_in_a_row:
+      raise NonFiniteError(step, f"{what}, {self.in_a_row} skipped steps in a row "
+                                 f"(config.train.max_skipped_in_a_row={self.max_in_a_row})")
 
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, under its workdir, for bitjax.load
@@ -135,24 +221,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   for batch in task.eval_batches()]
   data_info = task.data_info()
 
-  start = checkpointer.latest_step()
-  if start is None:
-    state = layout.init()
+  restored = checkpointer.restore_newest_intact(
+      layout.abstract, train_iter.set_state,
+      warn=lambda message: tqdm.write(f"{workdir}: {message}") if lead else None)
+  if restored is None:
+    start, state = 0, layout.init()
   else:
-    state, data_state = checkpointer.restore(start, layout.abstract)
-    train_iter.set_state(data_state)
+    start, state = restored
     if lead:
       tqdm.write(f"Resuming {workdir} from step {start}")
-  start = start or 0
   model = nnx.merge(layout.graphdef, state.params)
   num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
-  step_fn = jit_train_step(layout, tx, lr_schedule, mesh, batch_layout, task.loss, tcfg.seed)
+  step_fn = jit_train_step(layout, tx, lr_schedule, mesh, batch_layout, task.loss, tcfg.seed,
+                           skip_nonfinite=tcfg.nonfinite == "skip")
   eval_fn = sharded_jit(
       lambda params, batch: task.eval_sums(nnx.merge(layout.graphdef, params), batch), mesh,
       in_shardings=(layout.shardings.params, batch_layout),
       out_shardings=NamedSharding(mesh, PartitionSpec()))
-  writer = MetricWriter(workdir) if lead else None
+  writer = MetricWriter(workdir, start) if lead else None
   units_per_step = task.units_per_step()
   bar = tqdm(total=tcfg.steps, initial=start, disable=not (tcfg.progress_bar and lead),
              mininterval=2.0, desc=f"{model_cfg.precision} {num_params / 1e6:.2f}M",
@@ -162,31 +249,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_start = t_log = time.perf_counter()
   step_log = start
   eval_metrics = None
+  guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_skipped_in_a_row)
+  # The step before, checked once the next one is dispatched, so that reading its loss
+  # does not hold up the device; steps that log, evaluate or save are checked at once.
+  unchecked = None
   try:
-    for step in range(start + 1, tcfg.steps + 1):
-      batch = device_batch(next(train_iter), batch_layout, num_blocks)
-      state, metrics = step_fn(state, batch)
-      bar.update(1)
-      if step % tcfg.log_every == 0 or step == tcfg.steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        units_s = (step - step_log) * units_per_step / (now - t_log)
-        t_log, step_log = now, step
-        if flops_per_step is None:
-          flops_per_step = task.train_flops_per_step(model_cfg, layout.graphdef, state.params,
-                                                     batch)
-          t_log = time.perf_counter()  # tracing is not training time
-        if writer:
-          writer.write(step, "train", {**metrics, **task.throughput(units_s, flops_per_step)})
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit}_s": f"{units_s:,.0f}"})
-      if step % tcfg.eval_every == 0 or step == tcfg.steps:
-        eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
-        if writer:
-          writer.write(step, "eval", eval_metrics)
-          bar.write(f"step {step}: eval " + ", ".join(f"{key} {value:.4f}"
-                                                      for key, value in eval_metrics.items()))
-      if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-        checkpointer.save(step, state, train_iter.get_state())
+    with StopRequests() as stop:
+      for step in range(start + 1, tcfg.steps + 1):
+        batch = device_batch(next(train_iter), batch_layout, num_blocks)
+        state, metrics = step_fn(state, batch)
+        bar.update(1)
+        if unchecked:
+          guard.check(*unchecked)
+        unchecked = step, metrics
+        log = step % tcfg.log_every == 0 or step == tcfg.steps
+        run_eval = step % tcfg.eval_every == 0 or step == tcfg.steps
+        save = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stop.signal_name
+        if log or run_eval or save:
+          guard.check(*unchecked)  # before anything of this step is written
+          unchecked = None
+        if log:
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          if tcfg.nonfinite == "skip":
+            metrics["skipped"] = guard.skipped  # all skipped steps of this session so far
+          now = time.perf_counter()
+          units_s = (step - step_log) * units_per_step / (now - t_log)
+          t_log, step_log = now, step
+          if flops_per_step is None:
+            flops_per_step = task.train_flops_per_step(model_cfg, layout.graphdef,
+                                                       state.params, batch)
+            t_log = time.perf_counter()  # tracing is not training time
+          if writer:
+            writer.write(step, "train", {**metrics, **task.throughput(units_s, flops_per_step)})
+          bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                          **{f"{task.unit}_s": f"{units_s:,.0f}"})
+        if run_eval:
+          eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
+          if writer:
+            writer.write(step, "eval", eval_metrics)
+            bar.write(f"step {step}: eval " + ", ".join(f"{key} {value:.4f}"
+                                                        for key, value in eval_metrics.items()))
+        if save:
+          bad = nonfinite_leaves(state)
+          if bad:  # finite loss and gradients, yet the update overflowed
+            raise NonFiniteError(step, f"the train state holds non-finite values in "
+                                       f"{len(bad)} arrays, first {bad[0]}")
+          checkpointer.save(step, state, train_iter.get_state())
+        if stop.signal_name and step < tcfg.steps:
+          raise Interrupted(stop.signal_name, step)
+  except NonFiniteError as e:
+    saved = checkpointer.committed_step()
+    if lead:
+      files.write_atomic(os.path.join(workdir, FAILED_FILE), json.dumps(
+          {"step": e.step, "reason": e.reason, "nonfinite": tcfg.nonfinite,
+           "last_checkpoint": saved}, indent=2) + "\n")
+    kept = "no checkpoint" if saved is None else f"its newest checkpoint is step {saved}"
+    raise NonFiniteError(e.step, f"{e.reason}; the run stops, {kept} "
+                                 f"({os.path.join(workdir, FAILED_FILE)})") from None
   finally:
     bar.close()
     if writer:
@@ -200,5 +319,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          steps_run, steps_run * units_per_step / wall, data_info)
   summary["workdir"] = workdir
   if lead:
-    files.write_text(summary_path, json.dumps(summary, indent=2))
+    files.write_atomic(summary_path, json.dumps(summary, indent=2))
   return summary
