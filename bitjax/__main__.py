@@ -296,7 +296,9 @@ def _parse_flags(argv):
              and message else f"bitjax {command}: {' '.join(str(e).split())}")
   except (KeyError, AttributeError) as e:  # --config.x.y names no field
     sys.exit(f"bitjax {command}: {_unknown_field(argv) or _root_cause(e)}")
-  if "config" in FLAGS and hasattr(FLAGS["config"], "config_filename"):
+  # Only a given --config has a file name (import_hf's is optional; sweep's is a plain string).
+  if "config" in FLAGS and FLAGS["config"].present and hasattr(FLAGS["config"],
+                                                               "config_filename"):
     path = config_flags.get_config_filename(FLAGS["config"])
     path = path and path.partition(":")[0]
     if path and not os.path.isfile(path):
