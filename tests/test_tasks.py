@@ -166,13 +166,14 @@ def test_array_batches_resume_from_their_state():
 @pytest.mark.slow
 def test_small_model_sweep_loads_and_validates():
   runs = load_sweep(os.path.join(CONFIGS, "sweeps", "small_models.py:all"))
-  assert len(runs) == 16 * 3 + 12 * 3 + 6 * 3 + 6 * 3
+  # (mlp 4 data sets + gnn 3 settings) x 5 precisions, (encoder + encdec) 2 sizes x 4; 3 seeds
+  assert len(runs) == (4 * 5 + 3 * 5 + 2 * 4 + 2 * 4) * 3
   assert {run.labels["seed"] for run in runs} == {0, 1, 2}
   for run in runs:
     config = load_config(run.config, run.overrides)
     model = validate_config(config)
     assert model.precision == run.labels["precision"]
-  assert len(load_sweep(os.path.join(CONFIGS, "sweeps", "small_models.py:gnn,seeds=1"))) == 12
+  assert len(load_sweep(os.path.join(CONFIGS, "sweeps", "small_models.py:gnn,seeds=1"))) == 15
 
 
 def test_seed_cells_table_and_plot(tmp_path):
