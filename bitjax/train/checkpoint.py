@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bitjax import files
@@ -35,11 +36,20 @@ def check_run_format(workdir: str, write: bool) -> None:
 
 def nonfinite_leaves(tree) -> list[str]:
   """Paths (as jax.tree_util.keystr writes them) of the floating arrays of `tree` that hold
-  a nan or an inf; one reduction per array, on the devices that hold it."""
+  a nan or an inf. One jitted program reduces every array where it lives and returns the
+  flags to every process (op-by-op reductions of arrays sharded over several processes
+  deadlocked a two-host job)."""
   leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
             if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-  finite = jax.device_get([jnp.isfinite(leaf).all() for _, leaf in leaves])
+  if not leaves:
+    return []
+  finite = np.asarray(_all_finite([leaf for _, leaf in leaves]))
   return [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite) if not ok]
+
+
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+  return jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])
 
 
 class DamagedCheckpoints(files.WorkdirError):
