@@ -106,7 +106,7 @@ def main(argv):
     if FLAGS.config is None or not FLAGS.out or FLAGS.vocab_size is None:
       raise app.UsageError("`tokenizer` needs --config, --vocab_size and --out")
   elif command == "eval":
-    if not FLAGS.workdir:
+    if not FLAGS.workdir or not FLAGS.tasks:
       raise app.UsageError("`eval` needs --workdir and --tasks")
   elif command == "generate":
     if not FLAGS.workdir or FLAGS.prompt is None:

@@ -86,6 +86,22 @@ def test_loads_a_given_step_and_a_run_still_training(bpe_run, tmp_path):
   assert bitjax.load(str(live)).step == 2
 
 
+def test_loads_a_run_whose_config_json_left_derived_fields_to_run_time(bpe_run, tmp_path):
+  """config.json as an earlier version wrote it (schedule "auto", stage1_end_lr None, a
+  field this version added missing) still loads, with the same weights."""
+  workdir, _ = bpe_run
+  old = tmp_path / "old"
+  shutil.copytree(workdir, old)
+  record = json.loads((old / "config.json").read_text())
+  record["optim"].update(schedule="auto", stage1_end_lr=None)
+  del record["train"]["nonfinite"]
+  (old / "config.json").write_text(json.dumps(record))
+  loaded = bitjax.load(str(old))
+  assert loaded.config.optim.schedule == "two_stage_restart"  # the reading runs had then
+  assert np.array_equal(nnx.state(loaded.model, nnx.Param).embed.embedding[...],
+                        nnx.state(bitjax.load(workdir).model, nnx.Param).embed.embedding[...])
+
+
 def test_one_line_errors(bpe_run, tmp_path):
   workdir, _ = bpe_run
   with pytest.raises(ValueError, match=r"holds no bitjax run \(no config.json\)"):

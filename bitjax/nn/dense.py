@@ -87,6 +87,9 @@ class BitDense(nnx.Module):
     check_one_of("unpacked", unpacked, (None, True, False))
     if self.mode != "train":
       raise ValueError(f"mode={self.mode!r}: serve() packs a layer in mode 'train'")
+    if self.kernel.ndim != 2:  # stacked blocks: each layer needs its own scale
+      raise ValueError(f"kernel of shape {self.kernel.shape}: serve() packs one (in, out) "
+                       "matrix; unstack scanned blocks first (bitjax.infer.pack_model does)")
     if not self.packable:
       raise ValueError(f"weight_quant={self.spec.weight!r} has no packed format; packable: "
                        f"{packable_weight_quantizers()}")

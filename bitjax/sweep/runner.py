@@ -57,6 +57,8 @@ def train_run(run: Run, config, workdir: str) -> dict:
   the labels, the run summary (with its task's `analysis`), the run's `group`, and how
   it was configured (the resolved config: derived learning rates filled in)."""
   from bitjax.train import train_and_evaluate
+  import jax
+
   from bitjax.train.config import resolve_config
 
   run_dir = os.path.join(workdir, run.name)
@@ -66,9 +68,11 @@ def train_run(run: Run, config, workdir: str) -> dict:
             "config": resolve_config(config).to_dict()}
   # Whole or absent, never partial: locally a temporary file and os.replace; in an object
   # store one upload, which becomes visible only when complete (files.write_atomic). Either
-  # way result.json appears only after the run's summary.json was written.
-  files.write_atomic(os.path.join(run_dir, RESULT_FILE),
-                     json.dumps(result, indent=2, default=str))
+  # way result.json appears only after the run's summary.json was written. One process
+  # writes it, as the trainer writes summary.json.
+  if jax.process_index() == 0:
+    files.write_atomic(os.path.join(run_dir, RESULT_FILE),
+                       json.dumps(result, indent=2, default=str))
   return result
 
 

@@ -22,8 +22,9 @@ from bitjax.data.tokenizers import MARKER as TOKENIZER_MARKER
 from bitjax.data.tokenizers import load_tokenizer
 from bitjax.parallel import MeshConfig, make_mesh
 from bitjax.train.checkpoint import Checkpointer, check_run_format
-from bitjax.train.config import ConfigError, TrainConfig, default_config, model_config
-from bitjax.train.optim import make_optimizer
+from bitjax.train.config import (ConfigError, TrainConfig, default_config, model_config,
+                                 upgrade_record)
+from bitjax.train.optim import DERIVED_FIELDS, OptimConfig, make_optimizer
 from bitjax.train.step import state_layout
 from bitjax.train.tasks import get_task
 from bitjax.train.trainer import TOKENIZER_DIR
@@ -107,11 +108,18 @@ def saved_config(record: dict, source: str) -> ml_collections.ConfigDict:
   file it names need not exist where the run is loaded."""
   try:
     config = default_config(record["task"])
-    for section, fields in record.items():
-      if section != "task":
-        config[section] = ml_collections.ConfigDict({**config[section].to_dict(), **fields})
+    merge = lambda section, fields: ml_collections.ConfigDict({**config[section].to_dict(),
+                                                                **fields})
+    config.model = merge("model", record["model"])
+    recipe = model_config(config).spec.lr_recipe
+    # An earlier version's run left derived optim fields to run time ("auto", None):
+    # filled by the rules a resumed run applies (train.config.upgrade_record).
+    for section, fields in upgrade_record(record, recipe).items():
+      if section not in ("task", "model"):
+        config[section] = merge(section, fields)
     config.mesh = MeshConfig.config_dict()
-    model_config(config)
+    optim = OptimConfig.from_mapping(config.optim).resolved(recipe)
+    config.optim.update({name: getattr(optim, name) for name in DERIVED_FIELDS})
     TrainConfig.from_mapping(config.train)
   except (KeyError, ValueError) as e:
     raise ConfigError(f"{source}: {e}") from None
