@@ -35,9 +35,11 @@ def test_packed_logits_match_training_mode(rng, precision, overrides, backend):
   tokens = jnp.asarray(rng.integers(0, 96, (2, 12)))
   packed, report = pack_model(model, backend=backend)
   want, got = np.asarray(model(tokens)), np.asarray(packed(tokens))
-  # Float rounding differs between the paths, so deep in the model an activation code
-  # can round the other way; layer by layer they agree to 1e-5 (test below).
-  assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
+  # Float rounding differs between the paths, so an activation code can round the other way
+  # and the flip carries through attention to every later position; layer by layer they agree
+  # to 1e-5 (test below). Over 121 random models such a flip moved logits by at most 2.3% of
+  # the largest logit; a wrong scale, sign or bit layout moves them by far more than 5%.
+  assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
   layers = serving_layers(packed)
   assert report.layers == len(layers) == 2 * 7  # q, k, v, o, gate, up, down per block
   assert not [m for _, m in nnx.iter_modules(packed) if isinstance(m, BitDense)
