@@ -34,7 +34,8 @@ def test_runs_that_would_share_a_workdir_are_refused():
     check_unique(runs)
 
 
-@pytest.mark.parametrize("preset, count", [("cpu", 6), ("cpu_large", 15), ("paper", 8),
+@pytest.mark.parametrize("preset, count", [("cpu", 6), ("cpu_large", 15), ("cpu_equal_tokens", 6),
+                                           ("paper", 8),
                                            ("cpu_chinchilla", 32), ("paper_chinchilla", 18)])
 def test_shipped_sweeps_load(preset, count):
   runs = load_sweep(f"{SWEEPS}:{preset}")

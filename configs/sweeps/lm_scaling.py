@@ -5,6 +5,9 @@ Presets:
   cpu_large       nano .. small (45x in non-embedding parameters) x bf16, b1.58, 1bit
                   (experiments/scaling)
                   Both train every run for 300 steps of 16 x 128 bytes (0.61M tokens).
+  cpu_equal_tokens  nano, micro, tiny x bf16, b1.58, each trained on `tpp` (default 2)
+                  tokens per non-embedding parameter, so no size is undertrained relative to
+                  another (experiments/scaling runs it with seeds=3)
   cpu_chinchilla  nano .. mini x 5, 10, 20, 40 tokens per parameter x bf16, b1.58
   paper           the BitNet b1.58 shapes 700m .. 3.9b x bf16, b1.58, 100B tokens each
   paper_chinchilla  700m .. 3b x 10, 20, 40 tokens per parameter x bf16, b1.58
@@ -30,12 +33,12 @@ from bitjax.train.config import ConfigError, load_config, parse_config_arg, reso
 
 # configs/lm.py, relative to the working directory so results name it portably.
 LM = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lm.py"))
-PRESETS = ("cpu", "cpu_large", "cpu_chinchilla", "paper", "paper_chinchilla", "cpu_tokenizers")
+PRESETS = ("cpu", "cpu_large", "cpu_equal_tokens", "cpu_chinchilla", "paper", "paper_chinchilla", "cpu_tokenizers")
 BPE_DIR = os.path.join("runs", "bpe1024")  # where the cpu_tokenizers preset's BPE is made
 
 
 def get_sweep(arg=None):
-  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR)
+  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR, tpp=2.0)
   if args.preset not in PRESETS:
     raise ValueError(f"sweep preset {args.preset!r} is not one of {list(PRESETS)}")
   seeds = list(range(args.seeds))
@@ -48,7 +51,16 @@ def get_sweep(arg=None):
                     **{"train.seed": seeds})
     # Half-length windows keep CPU sweeps short; the cpu runs are a subset of cpu_large.
     return make_runs(LM, items, shared={"train.seq_len": 128})
-  elif args.preset == "paper":
+  if args.preset == "cpu_equal_tokens":
+    if not args.tpp > 0:
+      raise ConfigError(f"cpu_equal_tokens: tpp={args.tpp!r} must be a positive number of "
+                        "tokens per parameter")
+    items = [{"size": size, "precision": precision, "train.seed": seed,
+              "train.steps": steps_for(size, args.tpp, seq_len=128)}
+             for size, precision, seed in itertools.product(
+                 ["nano", "micro", "tiny"], ["bf16", "b1.58"], seeds)]
+    return make_runs(LM, items, shared={"train.seq_len": 128})
+  if args.preset == "paper":
     items = product(size=["700m", "1.3b", "3b", "3.9b"], precision=["bf16", "b1.58"],
                     **{"train.seed": seeds})
   else:
@@ -76,11 +88,12 @@ def tokenizer_runs(bpe_dir: str, seeds: list[int]):
           *make_runs(LM, items("bpe"), shared={**shared, "data.tokenizer_path": bpe_dir})]
 
 
-def steps_for(size: str, tokens_per_param: int) -> int:
-  """Steps that give `tokens_per_param` training tokens per non-embedding parameter."""
+def steps_for(size: str, tokens_per_param: float, seq_len: int | None = None) -> int:
+  """Steps that give `tokens_per_param` training tokens per non-embedding parameter, at the
+  config's batch size and `seq_len` (default: the config's)."""
   config = load_config(f"{LM}:{size}")
   tokens = tokens_per_param * non_embedding_params(size)
-  return math.ceil(tokens / (config.train.batch_size * config.train.seq_len))
+  return math.ceil(tokens / (config.train.batch_size * (seq_len or config.train.seq_len)))
 
 
 @functools.cache
