@@ -58,7 +58,9 @@ def test_summarize_averages_seeds_and_reports_ratios(rng):
   assert bf16["loss_ratio"] == {} and bf16["matching_ratio"] == {} and bf16["equal_memory"] == []
   text = format_summary(summary)
   assert re.search(r"\n  bf16 +5 sizes +L = a\*N\^-alpha \+ c: alpha 0\.\d+ \[", text), text
-  assert len([line for line in text.splitlines() if line.startswith("  s3 ")]) == 3
+  s3_lines = [line for line in text.splitlines() if line.startswith("  s3 ")]
+  assert len(s3_lines) == 3 + 2  # the per-size table's three, then b1.58's and 1bit's gaps
+  assert s3_lines[-1].endswith(summary["1bit"]["difference"]["s3"].format())
 
 
 def test_equal_memory_comparison(rng):

@@ -16,6 +16,7 @@ import numpy as np
 
 from bitjax.sweep import runner
 from bitjax.sweep.fit import POWER_LAW, fit_chinchilla, fit_power_law, matching_param_ratio
+from bitjax.sweep.intervals import welch_difference
 from bitjax.sweep.table import Column, format_table
 
 _ROW_NUMBERS = ("non_embedding_params", "tokens", "train_flops", "weight_memory_bits",
@@ -119,6 +120,8 @@ def summarize(rows, reference: str = "bf16", *, bootstrap: int = 200, seed: int 
     memory_fit: PowerLawFit of loss against weight_memory_bits (no intervals), or None;
     chinchilla: ChinchillaFit of L(N, D) when some group has several token budgets, else None;
     loss_ratio: {group: loss / reference loss} for the groups both precisions have;
+    difference: {group: intervals.Difference} of the seed-mean loss minus the reference's,
+      with its 95% Welch interval over seeds;
     matching_ratio: {reference group: N'/N} from matching_param_ratio (inf: never matches);
     equal_memory: equal_memory_comparison's records for this precision;
     notes: why a fit is missing or reduced, in words.
@@ -135,7 +138,8 @@ def summarize(rows, reference: str = "bf16", *, bootstrap: int = 200, seed: int 
     entry["fit"], note = _fit_sizes(n, loss, bootstrap, seed)
     entry["memory_fit"], _ = _fit_sizes(memory, loss, 0, seed)  # same sizes, same note
     notes = [note] if note else []
-    entry.update(chinchilla=None, loss_ratio={}, matching_ratio={}, equal_memory=[], notes=notes)
+    entry.update(chinchilla=None, loss_ratio={}, difference={}, matching_ratio={},
+                 equal_memory=[], notes=notes)
     summary[precision] = entry
     if len(all_points) > len(per_group):
       notes.append("several token budgets per size: L(N) uses each size's largest")
@@ -155,6 +159,12 @@ def summarize(rows, reference: str = "bf16", *, bootstrap: int = 200, seed: int 
     entry["loss_ratio"] = {group: value / ref_loss[group]
                            for group, value in zip(entry["groups"], entry["eval_loss"])
                            if group in ref_loss}
+    ref_at = {group: i for i, group in enumerate(ref["groups"])}
+    entry["difference"] = {
+        group: welch_difference(entry["eval_loss"][i], entry["eval_loss_std"][i],
+                                entry["seeds"][i], ref["eval_loss"][ref_at[group]],
+                                ref["eval_loss_std"][ref_at[group]], ref["seeds"][ref_at[group]])
+        for i, group in enumerate(entry["groups"]) if group in ref_at}
     if ref["fit"] and entry["fit"] and entry["fit"].alpha > 0:
       ratios = matching_param_ratio(ref["fit"], entry["fit"], ref["non_embedding_params"])
       entry["matching_ratio"] = dict(zip(ref["groups"], map(float, ratios)))
@@ -266,6 +276,11 @@ def format_summary(summary: dict) -> str:
   cells = [_group_cells(group, precision, entry) for group in dict.fromkeys(groups)
            for precision, entry in summary.items() if group in entry["groups"]]
   lines.append(format_table(_group_columns(reference), cells, indent="  "))
+  lines += ["", f"Loss minus {reference}'s per size: seed means, [95% Welch interval over "
+            f"seeds]; 'not distinguishable' where the interval contains 0"]
+  lines += [f"  {group:<10}{precision:<14}{entry['difference'][group].format()}"
+            for group in dict.fromkeys(groups) for precision, entry in summary.items()
+            if group in entry["difference"]]
   return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from operator import itemgetter
 import numpy as np
 
 from bitjax.sweep import runner
+from bitjax.sweep.intervals import welch_difference
 from bitjax.sweep.table import Column, format_table
 from bitjax import files
 
@@ -43,20 +44,28 @@ def seed_cells(rows: list[dict]) -> list[dict]:
   return out
 
 
+def _settings(cells: list[dict]) -> list[tuple[str, str]]:
+  """The (task, setting) lines of the tables, tasks in the cells' order."""
+  tasks = list(dict.fromkeys(c["task"] for c in cells))
+  return sorted(dict.fromkeys((c["task"], c["setting"]) for c in cells),
+                key=lambda key: tasks.index(key[0]))
+
+
+def _scale(cell: dict) -> float:
+  return 100.0 if cell["metric"] == "accuracy" else 1.0
+
+
 def format_cells(cells: list[dict]) -> str:
   """A markdown table: one line per (task, setting), one column per precision with
   mean ± std over seeds (accuracy in %), then the first precision's parameter count."""
   from bitjax.sweep.plots import precision_order
 
   precisions = precision_order(c["precision"] for c in cells)
-  tasks = list(dict.fromkeys(c["task"] for c in cells))
-  settings = sorted(dict.fromkeys((c["task"], c["setting"]) for c in cells),
-                    key=lambda key: tasks.index(key[0]))
   lines = []
-  for task, setting in settings:
+  for task, setting in _settings(cells):
     row = {c["precision"]: c for c in cells if (c["task"], c["setting"]) == (task, setting)}
     first = row[next(p for p in precisions if p in row)]
-    scale = 100.0 if first["metric"] == "accuracy" else 1.0
+    scale = _scale(first)
     seeds = "/".join(sorted({str(c["seeds"]) for c in row.values()}))
     lines.append([task, setting, "accuracy %" if scale == 100.0 else first["metric"],
                   *(f"{row[p]['mean'] * scale:.2f} ± {row[p]['std'] * scale:.2f}"
@@ -67,12 +76,38 @@ def format_cells(cells: list[dict]) -> str:
                       markdown=True)
 
 
+def format_differences(cells: list[dict], reference: str = "bf16") -> str:
+  """A markdown table: per (task, setting), each precision's mean minus `reference`'s with
+  its 95% Welch interval over seeds and whether the two are distinguishable."""
+  from bitjax.sweep.plots import precision_order
+
+  others = [p for p in precision_order(c["precision"] for c in cells) if p != reference]
+  lines = []
+  for task, setting in _settings(cells):
+    row = {c["precision"]: c for c in cells if (c["task"], c["setting"]) == (task, setting)}
+    ref = row.get(reference)
+    if ref is None:
+      continue
+    lines.append([task, setting, *(
+        welch_difference(row[p]["mean"], row[p]["std"], row[p]["seeds"], ref["mean"],
+                         ref["std"], ref["seeds"]).format(_scale(ref), digits=2)
+        if p in row else "" for p in others)])
+  headers = ("task", "setting", *(f"{p} - {reference}" for p in others))
+  return format_table([Column(h, "", itemgetter(i)) for i, h in enumerate(headers)], lines,
+                      markdown=True)
+
+
 def analyze(rows: list[dict], workdir: str) -> tuple[str, list[str]]:
-  """The seed table (also written as workdir/results.md) and the paths of its plots."""
+  """The seed table and the differences to BF16 (also written as workdir/results.md), and
+  the paths of its plots."""
   from bitjax.sweep import plots
 
   cells = seed_cells(rows)
   table = format_cells(cells)
+  if any(c["precision"] == "bf16" for c in cells):
+    table += ("\n\nDifference to bf16 (accuracy in points), seed means with [95% Welch "
+              "interval over seeds]; 'not distinguishable' where it contains 0:\n\n"
+              + format_differences(cells))
   path = os.path.join(workdir, RESULTS_MD)
   files.write_text(path, table + "\n")
   paths = plots.plot_task_comparison(cells, os.path.join(workdir, runner.PLOTS_DIR))
