@@ -164,6 +164,25 @@ def test_stdlib_build_records_fingerprint(stdlib_dir):
   assert os.path.getmtime(info) == mtime
 
 
+def test_processes_building_one_corpus_together_share_the_first_build(text_corpus):
+  """Two sweep shares on a fresh data_dir both start a build; the one that renames its
+  build second uses the first one's instead of failing."""
+  cfg, _ = text_corpus
+  first, second = builders.corpus_builder(cfg), builders.corpus_builder(cfg)
+  generate = second._download_and_prepare
+
+  def other_process_finishes_first(*args, **kwargs):
+    builders.prepare(first)  # while `second` is building into its own temporary dir
+    return generate(*args, **kwargs)
+
+  second._download_and_prepare = other_process_finishes_first
+  info = os.path.join(first.data_dir, "dataset_info.json")
+  used = builders.prepare(second)
+  assert used.is_prepared() and os.path.getmtime(info) == os.path.getmtime(
+      os.path.join(used.data_dir, "dataset_info.json"))
+  assert len(data.data_source(cfg, "train")) > 0
+
+
 def test_text_dir_round_trips_files(text_corpus, tmp_path):
   cfg, texts = text_corpus
   (tmp_path / "texts" / "latin1.txt").write_bytes("caf\xe9 ok".encode("latin-1"))

@@ -132,7 +132,9 @@ def prepare(builder: _CorpusBuilder) -> _CorpusBuilder:
   """Builds the corpus unless a finished build exists; returns the builder.
 
   TFDS writes into a temporary directory and renames it when done, so an
-  interrupted build is redone rather than half-read.
+  interrupted build is redone rather than half-read. Processes that start on
+  one fresh data_dir together (a sweep's shares) may all build; the first
+  rename wins and the others use its build.
   """
   if not builder.is_prepared():
     cfg = builder.builder_config
@@ -142,9 +144,20 @@ def prepare(builder: _CorpusBuilder) -> _CorpusBuilder:
         "bitjax.data: building %s/%s from %s (%d files, %d bytes) into %s",
         builder.name, cfg.name, cfg.root, len(files), nbytes, builder.data_dir,
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-    )
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      )
+    except FileExistsError:
+      rebuilt = type(builder)(
+          config=builder.builder_config, data_dir=builder.data_dir_root,
+          file_format=builder.info.file_format,
+      )
+      if not rebuilt.is_prepared():
+        raise
+      logging.warning("bitjax.data: another process built %s first; using its build",
+                      builder.name)
+      return rebuilt
   return builder
 
 
