@@ -24,6 +24,7 @@ STYLES = {  # precision: (colour, marker); full precision in blues, quantized in
     "fp16": ("#6baed6", "P"),
     "b1.58": ("#d62728", "s"),
     "b1.58-median": ("#9467bd", "D"),
+    "b1.58-ln": ("#ff7f0e", "p"),  # the 2411.05882 layer, beside BitNet's b1.58
     "1bit": ("#2ca02c", "^"),
 }
 OTHER_STYLES = [("#8c564b", "X"), ("#e377c2", "<"), ("#7f7f7f", ">"), ("#bcbd22", "h"),
