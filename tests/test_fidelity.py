@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bitjax.models import MLPConfig
+from bitjax.models import (DecoderConfig, EncDecConfig, Encoder, EncoderConfig, EncoderDecoder,
+                           MLPConfig)
 from bitjax.models.mlp import dense_stack
+from bitjax.nn import BitDense
 from bitjax.nn.norms import LayerNormNoAffine
 from bitjax.train import train_and_evaluate
 from bitjax.train.config import load_config, model_config, resolve_config
@@ -112,12 +114,40 @@ def test_b158_ln_fields_resolve_from_the_preset_and_refuse_what_a_model_cannot_d
     MLPConfig(precision="b1.58-ln", dense_norm="batch")
   with pytest.raises(ValueError, match=r"config.model.act_granularity='row' is not one of"):
     MLPConfig(precision="b1.58-ln", act_granularity="row")
-  # Transformers have no bias to turn on; the preset's bias resolves to False there.
+  # The encoder takes the preset's bias; the decoder (BitNet's layout, and what Hugging Face
+  # and GGUF exchange) has none to turn on.
   encoder = model_config(resolve_config(load_config(
       os.path.join(ROOT, "configs", "encoder.py") + ":mlm,precision=b1.58-ln")))
-  assert (encoder.inner_norm, encoder.use_bias) == ("layernorm", False)
+  assert (encoder.inner_norm, encoder.use_bias) == ("layernorm", True)
+  assert DecoderConfig(precision="b1.58-ln").use_bias is False
   with pytest.raises(ValueError, match=r"config.model.use_bias=True is not possible"):
-    type(encoder)(precision="b1.58-ln", use_bias=True)
+    DecoderConfig(precision="b1.58-ln", use_bias=True)
+
+
+@pytest.mark.parametrize("family", ["encoder", "encdec"])
+def test_transformer_projections_carry_the_b158_ln_bias(family):
+  """Every projection of an encoder or encoder-decoder block has a bias under b1.58-ln,
+  none under b1.58, and the bias is added after the quantized matmul."""
+  cls, cfg_cls = {"encoder": (Encoder, EncoderConfig),
+                  "encdec": (EncoderDecoder, EncDecConfig)}[family]
+  shape = dict(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, mlp_hidden_size=48)
+  for precision, biased in (("b1.58-ln", True), ("b1.58", False)):
+    dense = quantized_dense(cls(cfg_cls(precision=precision, **shape), rngs=nnx.Rngs(0)))
+    # q k v o gate up down per block; the decoder block adds cross-attention q k v o
+    assert len(dense) == (7 if family == "encoder" else 7 + 11)
+    assert dense and all((m.bias is not None) == biased for m in dense), precision
+  layer = quantized_dense(cls(cfg_cls(precision="b1.58-ln", **shape), rngs=nnx.Rngs(1)))[0]
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 32)), jnp.float32)
+  without = layer(x)
+  layer.bias[...] = jnp.arange(layer.bias.shape[0], dtype=jnp.float32)
+  np.testing.assert_allclose(np.asarray(layer(x) - without),
+                             np.broadcast_to(np.arange(layer.bias.shape[0]), without.shape),
+                             rtol=1e-5, atol=1e-5)
+
+
+def quantized_dense(model) -> list[BitDense]:
+  return [m for _, m in nnx.iter_modules(model) if isinstance(m, BitDense)
+          and m.spec.weight_quantizer.quantized]
 
 
 @pytest.mark.parametrize("path, arg", [
@@ -127,7 +157,7 @@ def test_small_model_configs_accept_b158_ln(path, arg):
   config = resolve_config(load_config(os.path.join(ROOT, "configs", path) + f":{arg},precision=b1.58-ln"))
   model = model_config(config)
   assert model.spec.act_granularity == "token_qb" and model.inner_norm == "layernorm"
-  assert model.use_bias == (path in ("mlp.py", "gnn.py"))
+  assert model.use_bias
 
 
 def test_small_models_sweep_runs_both_layers():

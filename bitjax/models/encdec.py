@@ -13,6 +13,7 @@ Span-corruption targets come from `bitjax.data.text_tasks`.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,10 @@ from bitjax.schema import POSITIVE_INT, field
 
 @dataclasses.dataclass(frozen=True)
 class EncDecConfig(TransformerConfig):
-  """Schema of `config.model` for the encoder-decoder; `num_layers` is the encoder's."""
+  """Schema of `config.model` for the encoder-decoder; `num_layers` is the encoder's. Its
+  projections take a bias where `use_bias` says (b1.58-ln: as the 2411.05882 BitLinear)."""
+
+  takes_bias: ClassVar[bool] = True
 
   num_decoder_layers: int | None = field(None, rule=POSITIVE_INT)  # None: as many as num_layers
   pad_id: int = 0  # the byte tokenizer's pad, bos and eos

@@ -13,6 +13,7 @@ The classifier reads the mean of the non-padding positions (no [CLS] token).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,10 @@ def check_token_id(cfg: TransformerConfig, name: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(TransformerConfig):
-  """Schema of `config.model` for the encoder; validated on construction."""
+  """Schema of `config.model` for the encoder; validated on construction. Its projections
+  take a bias where `use_bias` says (b1.58-ln: the 2411.05882 BitLinear has one)."""
+
+  takes_bias: ClassVar[bool] = True
 
   # 0: no classification head (masked-LM pretraining only)
   num_classes: int = field(0, rule=Rule(lambda n: n >= 0,

@@ -64,7 +64,7 @@ def dense_stack(cfg, *, rngs: nnx.Rngs) -> nnx.List:
   The input axis is named `vocab` (bag-of-words features are a vocabulary); the
   class axis is left replicated (None): it is small and no logical name fits.
   """
-  dense = dict(cfg.dense_kwargs(), use_bias=cfg.use_bias, rngs=rngs)
+  dense = dict(cfg.dense_kwargs(), rngs=rngs)
   widths = (cfg.input_dim, *cfg.hidden_sizes, cfg.num_classes)
   axes = ("vocab", *(hidden_axis(i) for i in range(len(cfg.hidden_sizes))), None)
   return nnx.List([

@@ -62,7 +62,7 @@ class ModelConfig(Section):
       raise ValueError(f"config.model.{e}") from None
     if self.use_bias and not self.takes_bias:
       raise self.error("use_bias", f"is not possible: {type(self).__name__}'s layers take no "
-                       "bias (only the MLP and GNN wire one); set None or False")
+                       "bias (the MLP, GNN, encoder and encoder-decoder wire one); set None or False")
     # Preset-dependent fields hold their value from here on, so every model reads numbers.
     if self.norm_eps is None:
       object.__setattr__(self, "norm_eps", spec.norm_eps)
@@ -91,7 +91,8 @@ class ModelConfig(Section):
 
   def dense_kwargs(self) -> dict:
     """BitDense arguments shared by every projection of a model with this config."""
-    return dict(spec=self.spec, norm=self.inner_norm, norm_eps=self.norm_eps, dtype=self.dtype)
+    return dict(spec=self.spec, norm=self.inner_norm, norm_eps=self.norm_eps, dtype=self.dtype,
+                use_bias=self.use_bias)
 
 
 def _quantized_layers(model: nnx.Module) -> list[tuple[str, BitDense]]:

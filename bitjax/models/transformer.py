@@ -123,7 +123,8 @@ class TransformerBlock(nnx.Module):
     def attention(**kwargs):
       return Attention(cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_size,
                        spec=cfg.spec, norm=cfg.input_norm, output_norm=cfg.output_norm,
-                       norm_eps=cfg.norm_eps, dtype=cfg.dtype, rngs=rngs, **kwargs)
+                       norm_eps=cfg.norm_eps, dtype=cfg.dtype, use_bias=cfg.use_bias,
+                       rngs=rngs, **kwargs)
 
     self.attn_norm = pre_norm()
     self.attn = attention(rope_theta=cfg.rope_theta, causal=causal)

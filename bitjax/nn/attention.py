@@ -76,10 +76,12 @@ class Attention(nnx.Module):
 
   def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                spec: QuantSpec, norm: str | None, norm_eps: float, rope_theta: float | None,
-               dtype, rngs: nnx.Rngs, causal: bool = True, output_norm: str | None = "same"):
+               dtype, rngs: nnx.Rngs, causal: bool = True, output_norm: str | None = "same",
+               use_bias: bool = False):
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.rope_theta, self.causal = rope_theta, causal
-    dense = dict(spec=spec, norm=norm, norm_eps=norm_eps, dtype=dtype, rngs=rngs)
+    dense = dict(spec=spec, norm=norm, norm_eps=norm_eps, dtype=dtype, use_bias=use_bias,
+                 rngs=rngs)
     self.q_proj = BitDense(hidden_size, num_heads * head_dim, kernel_axes=("embed", "heads"), **dense)
     self.k_proj = BitDense(hidden_size, num_kv_heads * head_dim, kernel_axes=("embed", "kv_heads"),
                            **dense)
