@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces experiments/scaling: configs/sweeps/lm_scaling.py:cpu_equal_tokens,seeds=3,
 # 18 runs (nano, micro, tiny x bf16, b1.58 x seeds 0-2, each trained on 2 tokens per
-# non-embedding parameter), in two processes (one per core), then copies the report, table,
+# non-embedding parameter), in one process per core, then copies the report, table,
 # plots and the wall time here. Rerunning continues a killed sweep: finished runs are kept.
 # Usage: bash experiments/scaling/run.sh [WORKDIR]   (default runs/scaling)
 set -euo pipefail
@@ -12,14 +12,7 @@ sweep=configs/sweeps/lm_scaling.py:cpu_equal_tokens,seeds=3
 mkdir -p "$workdir" "$out/plots"
 export JAX_PLATFORMS=cpu
 start=$(date +%s)
-pids=()
-for share in 0 1; do
-  python -m bitjax sweep --config="$sweep" --workdir="$workdir" --task_index=$share \
-    --num_tasks=2 > "$workdir/share$share.log" 2>&1 &
-  pids+=($!)
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
-python -m bitjax plot --workdir="$workdir" > "$out/report.txt"
+bash experiments/sweep_on_all_cores.sh "$sweep" "$workdir" "$out/report.txt"
 wall=$(( $(date +%s) - start ))
 cp "$workdir/results.csv" "$out/results.csv"
 rm -f "$out"/plots/*.png "$out"/plots/*.svg

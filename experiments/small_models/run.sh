@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The seed paper's small-model comparisons at CPU scale, from a fresh clone:
 #   bash experiments/small_models/run.sh [WORKDIR]     (default runs/small_models)
-# Trains every run of configs/sweeps/small_models.py:all (3 seeds per cell) in two
-# processes (one per core), then writes results.md (mean ± std over seeds), results.csv
+# Trains every run of configs/sweeps/small_models.py:all (3 seeds per cell) in one
+# process per core, then writes results.md (mean ± std over seeds), results.csv
 # and plots/small_models.{png,svg} to WORKDIR and copies them here with the wall time.
 # Rerunning continues a killed sweep: finished runs are kept.
 set -euo pipefail
@@ -15,7 +15,7 @@ export JAX_PLATFORMS=cpu
 # Runs this small are dominated by XLA compile time; the cheaper CPU optimisation level
 # compiles about twice as fast and ran these steps no slower (measured on 2 cores).
 export XLA_FLAGS="--xla_backend_optimization_level=1"
-# The corpus for the encoder tasks is built here, once, before two processes read it.
+# The corpus for the encoder tasks is built here, once, before the shares read it.
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-$WORKDIR/tfds}
 start=$(date +%s)
 python - <<'PY'
@@ -23,14 +23,7 @@ from bitjax.train.config import load_config
 from bitjax.train.tasks import get_task
 get_task(load_config("configs/encoder.py:mlm")).eval_batches()
 PY
-pids=()
-for share in 0 1; do
-  python -m bitjax sweep --config="$SWEEP" --workdir="$WORKDIR" --task_index=$share \
-    --num_tasks=2 > "$WORKDIR/share$share.log" 2>&1 &
-  pids+=($!)
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
-python -m bitjax plot --workdir="$WORKDIR" > "$WORKDIR/report.txt"
+bash experiments/sweep_on_all_cores.sh "$SWEEP" "$WORKDIR" "$WORKDIR/report.txt"
 wall=$(( $(date +%s) - start ))
 cp "$WORKDIR/results.md" "$WORKDIR/results.csv" "$OUT/"
 cp "$WORKDIR/plots/small_models.png" "$WORKDIR/plots/small_models.svg" "$OUT/"
