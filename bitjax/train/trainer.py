@@ -178,6 +178,16 @@ def make_config_mesh(config: ml_collections.ConfigDict, task, devices=None) -> M
   return mesh
 
 
+def check_run_config(config: ml_collections.ConfigDict, workdir: str, write: bool) -> None:
+  """Refuse `workdir` if its config.json was written for another config than the resolved
+  `config` (WorkdirError naming each changed field); if `write`, write it where absent.
+  `train` checks its workdir so, and a sweep each run's before anything trains."""
+  recipe = model_config(config).spec.lr_recipe
+  guard_config(workdir, run_record(config), write=write,
+               defaults=run_record(default_config(config.task)),
+               upgrade=lambda saved: upgrade_record(saved, recipe))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train `config` in `workdir`, resuming from its newest checkpoint; returns the summary.
 
@@ -193,9 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
   check_run_format(workdir, write=lead)
-  guard_config(workdir, run_record(config), write=lead,
-               defaults=run_record(default_config(config.task)),
-               upgrade=lambda saved: upgrade_record(saved, model_cfg.spec.lr_recipe))
+  check_run_config(config, workdir, write=lead)
   if lead:
     save_tokenizer(task, workdir)
   summary_path = os.path.join(workdir, "summary.json")
