@@ -165,6 +165,10 @@ def create_exclusive(path: str, text: str) -> bool:
     os.link(tmp, path)
   except FileExistsError:
     return False
+  except OSError as e:  # no hard links: a FUSE mount such as gcsfuse
+    raise WorkdirError(f"{path!r} cannot be created only-if-absent here (no hard links: "
+                       f"{e.strerror or e}); give the bucket's gs:// URL instead of a "
+                       "mount, or a local or NFS directory") from None
   finally:
     os.unlink(tmp)  # only this call's own temporary file; `path` keeps the text
   return True
