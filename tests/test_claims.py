@@ -167,6 +167,23 @@ def test_a_sweep_waits_for_a_claimed_run_and_takes_it_over_when_stale(tmp_path):
   assert os.listdir(workdir / "nano-bf16" / claims.CLAIMS_DIR) == []  # released
 
 
+class Crashed(Exception):
+  pass
+
+
+def test_a_run_that_crashes_releases_its_claim(tmp_path, monkeypatch):
+  import bitjax.train as train_lib
+
+  def crash(config, run_dir):
+    raise Crashed
+
+  sweep = write_sweep(tmp_path, tmp_path / "tfds", precisions=("bf16",))
+  monkeypatch.setattr(train_lib, "train_and_evaluate", crash)
+  with pytest.raises(Crashed):
+    runner.run_sweep(sweep, str(tmp_path / "runs"), log=lambda line: None)
+  assert os.listdir(tmp_path / "runs" / "nano-bf16" / claims.CLAIMS_DIR) == []
+
+
 SHARED_SWEEP = """
 import sys
 sys.argv = ["bitjax", "sweep", *sys.argv[1:]]

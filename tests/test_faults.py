@@ -354,16 +354,18 @@ import json, signal
 from bitjax.parallel import initialize_distributed, max_over_processes
 initialize_distributed("auto")
 import jax
+from bitjax.sweep.runner import _lead_decides
 from bitjax.train.trainer import StopRequests
 
 me = jax.process_index()
 largest = max_over_processes([7, 3][me])()
+lead = _lead_decides([2, 1][me])  # a sweep's processes act on what the lead found
 stop = StopRequests()
 agreed = [stop.agreed()]  # nothing caught yet anywhere
 if me == 1:  # only host 1 is signalled, after the first step
   stop.signal_name = "SIGINT"
 agreed += [stop.agreed(), stop.agreed()]
-print(json.dumps({"largest": largest, "agreed": agreed}))
+print(json.dumps({"largest": largest, "lead": lead, "agreed": agreed}))
 """
 
 
@@ -372,7 +374,7 @@ def test_hosts_agree_on_the_largest_value_and_stop_at_the_same_step():
   both at the next, as both must save that checkpoint together."""
   hosts = start_processes(AGREEMENT, 2, 1)
   assert [json_result(host, timeout=300) for host in hosts] == [
-      {"largest": 7, "agreed": [None, None, "SIGINT"]}] * 2
+      {"largest": 7, "lead": 2, "agreed": [None, None, "SIGINT"]}] * 2
 
 
 # -- Untrusted files ---------------------------------------------------------------------------
