@@ -4,7 +4,7 @@
   python -m bitjax compare --config configs/lm.py:tiny --precisions bf16,b1.58 --workdir runs/c
                            (a sweep of one run per precision: `plot --workdir runs/c` reads it)
   python -m bitjax sweep   --config configs/sweeps/lm_scaling.py:cpu --workdir runs/scaling
-                           [--task_index=i --num_tasks=n]
+                           [--task_index=i --num_tasks=n] [--claim_timeout=600]
   python -m bitjax plot    --workdir runs/scaling
   python -m bitjax compile --config configs/lm.py:3b,precision=b1.58 --topology v5p:4x4x4
                            [--config.mesh.fsdp=-1 --config.mesh.data=1 --num_slices=2]
@@ -44,6 +44,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.DEFINE_list("precisions", ["bf16", "b1.58"], "Presets that `compare` trains.")
 flags.DEFINE_integer("task_index", 0, "`sweep`: which share of the runs this process trains.")
 flags.DEFINE_integer("num_tasks", 1, "`sweep`: into how many shares the runs are split.")
+flags.DEFINE_float("claim_timeout", 600.0, "`sweep`, `compare`: seconds without a heartbeat "
+                  "after which another process's claim on a run is taken over.", lower_bound=1.0)
 flags.DEFINE_string("topology", None, "`compile`: TPU slice to compile for, e.g. v5e:4x4, v5p:4x4x4.")
 flags.DEFINE_integer("num_slices", 1, "`compile`: how many such slices (config.mesh.dcn_* split them).")
 flags.DEFINE_integer("vocab_size", None, "`tokenizer`: the vocabulary size to train.")
@@ -273,13 +275,15 @@ def _run_command(command):
   elif command == "compare":
     config_flag = FLAGS["config"]
     rows = compare_precisions(config_flags.get_config_filename(config_flag), FLAGS.workdir,
-                              FLAGS.precisions, config_flags.get_override_values(config_flag))
+                              FLAGS.precisions, config_flags.get_override_values(config_flag),
+                              claim_timeout=FLAGS.claim_timeout)
     print(format_comparison(rows))
   else:
     from bitjax.sweep import report
     if command == "sweep":
       from bitjax.sweep.runner import run_sweep
-      run_sweep(FLAGS.config, FLAGS.workdir, FLAGS.task_index, FLAGS.num_tasks)
+      run_sweep(FLAGS.config, FLAGS.workdir, FLAGS.task_index, FLAGS.num_tasks,
+                claim_timeout=FLAGS.claim_timeout)
     print(report.analyze(FLAGS.workdir))
 
 

@@ -130,6 +130,62 @@ def write_atomic(path: str, text: str) -> None:
     raise
 
 
+def create_exclusive(path: str, text: str) -> bool:
+  """Create `path` holding `text` only if nothing is there yet; True if this call created
+  it, False if it existed. The file appears whole or not at all, and of several callers
+  racing for one path exactly one gets True: the primitive that sweep claims rest on.
+
+  Local: the text goes to a temporary file beside it, then os.link to `path`, which fails
+  if `path` exists (atomic on POSIX filesystems, NFS included; O_CREAT|O_EXCL would leave
+  an empty file visible before the text is written). gs://: one upload with the
+  precondition ifGenerationMatch=0 (gcsfs's mode="create"), which GCS refuses with 412 if
+  the object exists. gcsfs retries an upload whose answer was lost; the retry then meets
+  its own object, so an existing object holding exactly `text` counts as created: give
+  each caller a text of its own (sweep claims hold a random token).
+  """
+  if is_remote(path):
+    if not path.startswith("gs://"):
+      raise WorkdirError(f"{path!r}: creating a file only if absent works on local paths "
+                         "and gs:// URLs")
+    import fsspec
+
+    fs = fsspec.filesystem("gs")
+    try:
+      fs.pipe_file(path, text.encode("utf-8"), mode="create")
+    except FileExistsError:
+      return fs.cat_file(path) == text.encode("utf-8")
+    return True
+  directory, name = os.path.split(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(text.encode("utf-8"))
+      f.flush()
+      os.fsync(f.fileno())
+    os.link(tmp, path)
+  except FileExistsError:
+    return False
+  except OSError as e:  # no hard links: a FUSE mount such as gcsfuse
+    raise WorkdirError(f"{path!r} cannot be created only-if-absent here (no hard links: "
+                       f"{e.strerror or e}); give the bucket's gs:// URL instead of a "
+                       "mount, or a local or NFS directory") from None
+  finally:
+    os.unlink(tmp)  # only this call's own temporary file; `path` keeps the text
+  return True
+
+
+def remove(path: str) -> bool:
+  """Delete the file `path`; False if it was not there (another process removed it)."""
+  try:
+    if is_remote(path):
+      _epath(path).unlink()
+    else:
+      os.remove(path)
+  except FileNotFoundError:
+    return False
+  return True
+
+
 def move(source: str, target: str) -> None:
   """Move a file or folder (local: one rename; remote: fsspec's copy, then removal of the
   source objects, as object stores cannot rename)."""

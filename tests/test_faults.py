@@ -21,7 +21,7 @@ from bitjax.models import Decoder, DecoderConfig
 from bitjax.sweep.runner import RESULT_FILE, RunsFailed, run_runs
 from bitjax.sweep.spec import Run
 from bitjax.train import train_and_evaluate
-from bitjax.train.checkpoint import Checkpointer, DamagedCheckpoints
+from bitjax.train.checkpoint import Checkpointer, DamagedCheckpoints, UnreadableCheckpoint
 from bitjax.train.config import (ConfigError, load_config, model_config, resolve_config,
                                  validate_config)
 from bitjax.train.metrics import MetricWriter, read_metrics
@@ -30,6 +30,7 @@ from bitjax.train.step import state_layout
 from bitjax.train.tasks import get_task
 from bitjax.train.trainer import (EXIT_INTERRUPTED, FAILED_FILE, NonFiniteError,
                                   make_config_mesh)
+from multidevice import json_result, start_processes
 from preemption import Preempted, preempt_after
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,6 +312,69 @@ def test_no_intact_step_is_an_error_naming_every_step(reference, tmp_path):
     checkpointer.restore_newest_intact(layout.abstract, iterator.set_state, print)
   checkpointer.close()
   assert not (workdir / "checkpoints.damaged").exists()  # nothing moved without a fallback
+
+
+class _TensorstoreError(ValueError):
+  pass
+
+
+@pytest.mark.parametrize("error", [
+    ConnectionError("Connection reset by peer"),
+    TimeoutError("read timed out"),
+    _TensorstoreError("Error reading \"state/d/0\" in OCDBT database: UNAVAILABLE: "
+                      "upstream connect error"),
+    MemoryError(),
+], ids=lambda e: type(e).__name__)
+def test_a_failed_read_that_proves_no_damage_moves_nothing_and_names_the_step(
+    reference, tmp_path, monkeypatch, error):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  layout, iterator = _restore_setup()
+  checkpointer = Checkpointer(str(workdir / "checkpoints"), 10)
+
+  def unreachable(step, abstract_state):
+    try:
+      raise error
+    except Exception as cause:  # as Orbax wraps what tensorstore raised
+      raise RuntimeError(f"restoring step {step} failed") from cause
+
+  monkeypatch.setattr(checkpointer, "restore", unreachable)
+  with pytest.raises(UnreadableCheckpoint, match=r"could not read checkpoint step 10 \(Runtime"
+                                                 r"Error: restoring step 10 failed\); this says "
+                                                 r"nothing about the step, so it was left in "
+                                                 r"place"):
+    checkpointer.restore_newest_intact(layout.abstract, iterator.set_state, print)
+  assert checkpointer.all_steps() == [2, 4, 6, 8, 10]
+  checkpointer.close()
+  assert not (workdir / "checkpoints.damaged").exists()
+
+
+AGREEMENT = """
+import json, signal
+from bitjax.parallel import initialize_distributed, max_over_processes
+initialize_distributed("auto")
+import jax
+from bitjax.sweep.runner import _lead_decides
+from bitjax.train.trainer import StopRequests
+
+me = jax.process_index()
+largest = max_over_processes([7, 3][me])()
+lead = _lead_decides([2, 1][me])  # a sweep's processes act on what the lead found
+stop = StopRequests()
+agreed = [stop.agreed()]  # nothing caught yet anywhere
+if me == 1:  # only host 1 is signalled, after the first step
+  stop.signal_name = "SIGINT"
+agreed += [stop.agreed(), stop.agreed()]
+print(json.dumps({"largest": largest, "lead": lead, "agreed": agreed}))
+"""
+
+
+def test_hosts_agree_on_the_largest_value_and_stop_at_the_same_step():
+  """Two processes of one jax.distributed job: the signal one host caught at a step stops
+  both at the next, as both must save that checkpoint together."""
+  hosts = start_processes(AGREEMENT, 2, 1)
+  assert [json_result(host, timeout=300) for host in hosts] == [
+      {"largest": 7, "lead": 2, "agreed": [None, None, "SIGINT"]}] * 2
 
 
 # -- Untrusted files ---------------------------------------------------------------------------

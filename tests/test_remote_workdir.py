@@ -165,6 +165,23 @@ def test_urls_reach_the_store_through_epaths_fsspec_backend(gcs):
   assert files.absolute("rel") == os.path.join(os.getcwd(), "rel")
 
 
+def test_claims_on_gcs_create_only_if_absent(gcs):
+  """The fake's only-if-absent upload is not atomic (GCS's is: ifGenerationMatch=0); this
+  checks the code path, and that a retried upload meeting its own object counts as made."""
+  from bitjax.sweep import claims
+
+  assert files.create_exclusive("gs://bkt/r/claims/0.json", "mine\n")
+  assert not files.create_exclusive("gs://bkt/r/claims/0.json", "theirs\n")
+  assert files.create_exclusive("gs://bkt/r/claims/0.json", "mine\n")  # our own retry
+  assert gcs.objects["bkt/r/claims/0.json"] == b"mine\n"
+  assert files.remove("gs://bkt/r/claims/0.json") and not files.remove("gs://bkt/r/claims/0.json")
+  held = claims.acquire("gs://bkt/run", 60.0, print)
+  assert isinstance(held, claims.HeldClaim) and held.claim.path == "gs://bkt/run/claims/0.json"
+  assert claims.acquire("gs://bkt/run", 60.0, print).token == held.claim.token  # live: ours
+  held.release()
+  assert gcs.objects == {}
+
+
 def test_workdir_checks(gcs):
   assert check_workdir("gs://bkt/runs/a") == "gs://bkt/runs/a"
   assert gcs.objects == {}  # no directory placeholders

@@ -9,7 +9,7 @@ across hosts, so training is the same for any number of hosts.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -95,3 +95,22 @@ def global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding,
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value),
                                                       (global_rows, *value.shape[1:]))
           for key, value in local_batch.items()}
+
+
+
+def max_over_processes(value: int) -> Callable[[], int]:
+  """The largest of every process's `value`, as a function that waits for it and returns
+  it: the collective is dispatched now and read when called, so a loop can read the value
+  of the step before without stalling. With one process it costs nothing. Hosts that must
+  take a decision together (stop at a step, set a checkpoint aside) take it from this,
+  never from what each saw alone."""
+  if jax.process_count() == 1:
+    return lambda: value
+  devices = np.array(jax.devices()).reshape(jax.process_count(), jax.local_device_count())
+  mesh = jax.sharding.Mesh(devices, ("processes", "local"))
+  values = jax.make_array_from_process_local_data(
+      NamedSharding(mesh, jax.sharding.PartitionSpec("processes")),
+      np.array([value], np.int32), (jax.process_count(),))
+  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  largest = jax.jit(jax.numpy.max, out_shardings=replicated)(values)
+  return lambda: int(np.asarray(largest.addressable_data(0)))

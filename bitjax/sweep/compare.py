@@ -23,11 +23,13 @@ def precision_runs(config_spec: str, precisions, overrides=None) -> list[Run]:
 
 
 def compare_precisions(config_spec: str, workdir: str, precisions, overrides=None,
-                       log=print) -> list[dict]:
+                       log=print, claim_timeout: float = runner.claims.DEFAULT_TIMEOUT
+                       ) -> list[dict]:
   """Train `config_spec` (file.py:arg) once per precision, each in workdir/<precision>,
   through the sweep runner: finished runs are read back, interrupted ones resume, and
   every config is checked before the first run trains. Returns the result rows."""
-  return runner.run_runs(precision_runs(config_spec, precisions, overrides), workdir, log)
+  return runner.run_runs(precision_runs(config_spec, precisions, overrides), workdir, log,
+                         claim_timeout)
 
 
 def _minutes(row) -> str:

@@ -2,12 +2,18 @@
 
 A run is finished when WORKDIR/NAME/result.json exists; it is written last, after
 the run's summary, so a killed sweep rerun with the same command trains only what
-is missing and leaves finished results untouched. A run that stopped at a non-finite
-loss left WORKDIR/NAME/FAILED.json instead: it is reported as failed, not retrained, and
-the sweep goes on with the others, then ends in RunsFailed. A run stopped by SIGTERM or
-SIGINT (bitjax.train.trainer.Interrupted) stops the sweep after its checkpoint. WORKDIR may be a gs:// URL
-(bitjax.files). `--task_index/--num_tasks`
-splits the runs over a job array (or one TPU slice per share).
+is missing and leaves finished results untouched. A finished (or begun) run is reused only
+while its config.json matches what the sweep asks now; otherwise the sweep refuses before
+training anything, naming the run and the changed fields, as `train` does. A run that
+stopped at a non-finite loss left WORKDIR/NAME/FAILED.json instead: it is reported as
+failed, not retrained, and the sweep goes on with the others, then ends in RunsFailed. A
+run stopped by SIGTERM or SIGINT (bitjax.train.trainer.Interrupted) stops the sweep after
+its checkpoint. WORKDIR may be a gs:// URL (bitjax.files).
+
+Several processes or machines may run one sweep on one workdir: each claims a run before
+training it (bitjax.sweep.claims), so no run trains twice, and each ends with every row.
+`--task_index/--num_tasks` splits the runs statically over a job array (or one TPU slice
+per share) instead, or as well.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import csv
 import io
 import json
 import os
+import time
 
+from bitjax.sweep import claims
+from bitjax.sweep.claims import Claim
 from bitjax.sweep.spec import Run, check_unique, load_sweep, run_group
 from bitjax import files
 
@@ -77,51 +86,128 @@ def train_run(run: Run, config, workdir: str) -> dict:
 
 
 def run_sweep(sweep_spec: str, workdir: str, task_index: int = 0, num_tasks: int = 1,
-              log=print) -> list[dict]:
+              log=print, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> list[dict]:
   """Train this task's share of the sweep; returns its result rows in sweep order."""
-  return run_runs(task_share(load_sweep(sweep_spec), task_index, num_tasks), workdir, log)
+  return run_runs(task_share(load_sweep(sweep_spec), task_index, num_tasks), workdir, log,
+                  claim_timeout)
 
 
-def run_runs(share: list[Run], workdir: str, log=print) -> list[dict]:
+# What the lead process found for a run (one int, so that all processes of a job agree).
+FINISHED, FAILED, CLAIMED, ACQUIRED = range(4)
+
+
+def _lead_decides(code: int) -> int:
+  """The lead process's `code`, on every process of the job (they train runs together, so
+  only the lead reads and writes claims); free with one process."""
+  import jax
+
+  if jax.process_count() == 1:
+    return code
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  return int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+
+
+def run_runs(share: list[Run], workdir: str, log=print,
+             claim_timeout: float = claims.DEFAULT_TIMEOUT) -> list[dict]:
   """Train `share`, each run in workdir/run.name; returns the result rows in order.
 
-  Finished runs are read back; the configs of the others are all loaded and checked
-  before the first one trains.
+  Every run's config is loaded and checked first, and a run directory holding a config.json
+  for another config than the sweep's now (a changed shared override, say) is refused
+  naming the run and the changed fields, before anything trains. Then each run is read
+  back if finished, reported if failed, or claimed and trained (bitjax.sweep.claims). Runs
+  another process holds are left for last: this process trains all it can, then looks at
+  them every claims.heartbeat_every(claim_timeout) seconds until each is finished or
+  failed there, or released unfinished (an interrupted process) or stale, when it claims
+  and trains it itself. So every process sharing a workdir ends with every run's row.
   """
-  from bitjax.train.config import load_config, validate_config
-  from bitjax.train.trainer import FAILED_FILE, NonFiniteError
+  import jax
+
+  from bitjax.train.config import load_config, resolve_config
+  from bitjax.train.trainer import FAILED_FILE, NonFiniteError, check_run_config
 
   check_unique(share)
-  result_path = lambda run: os.path.join(workdir, run.name, RESULT_FILE)
-  failed_path = lambda run: os.path.join(workdir, run.name, FAILED_FILE)
-  finished = {run.name for run in share if files.exists(result_path(run))}
-  failed = {run.name: _failure(failed_path(run)) for run in share
-            if run.name not in finished and files.exists(failed_path(run))}
-  pending = {run.name: load_config(run.config, run.overrides)
-             for run in share if run.name not in finished and run.name not in failed}
-  for config in pending.values():
-    validate_config(config)
+  configs = {run.name: resolve_config(load_config(run.config, run.overrides)) for run in share}
+  for run in share:
+    run_dir = os.path.join(workdir, run.name)
+    try:
+      check_run_config(configs[run.name], run_dir, write=False)
+    except files.WorkdirError as e:
+      raise files.WorkdirError(f"sweep run {run.name!r}: {e}") from None
   files.makedirs(workdir)
-  rows = []
-  for i, run in enumerate(share, 1):
-    prefix = f"[{i}/{len(share)}] {run.name}"
-    if run.name in finished:
-      log(f"{prefix}: finished earlier")
-      rows.append(_read_result(result_path(run)))
-    elif run.name in failed:
-      log(f"{prefix}: failed earlier: {failed[run.name]}")
-    else:
+  lead = jax.process_index() == 0
+  rows, failed = {}, {}
+  position = {run.name: f"[{i}/{len(share)}] {run.name}" for i, run in enumerate(share, 1)}
+
+  def attempt(run: Run, earlier: str) -> tuple[bool, Claim | None]:
+    """Settle `run` if this process can (read it back, note its failure, or claim and
+    train it): (True, None); else (False, the live claim of the process that holds it,
+    None off the lead process)."""
+    run_dir = os.path.join(workdir, run.name)
+    prefix = position[run.name]
+    result_path = os.path.join(run_dir, RESULT_FILE)
+    failed_path = os.path.join(run_dir, FAILED_FILE)
+    held = claim = None
+    if lead:
+      if files.exists(result_path):
+        code = FINISHED
+      elif files.exists(failed_path):
+        code = FAILED
+      else:
+        files.makedirs(run_dir)
+        claim = claims.acquire(run_dir, claim_timeout, lambda line: log(f"{prefix}: {line}"))
+        code = CLAIMED if isinstance(claim, Claim) else ACQUIRED
+        if code == ACQUIRED:  # finished or failed since the look above: not trained again
+          held, claim = claim, None
+          code = (FINISHED if files.exists(result_path) else
+                  FAILED if files.exists(failed_path) else ACQUIRED)
+          if code != ACQUIRED:
+            held.release()
+    code = _lead_decides(code if lead else 0)
+    if code == FINISHED:
+      log(f"{prefix}: finished {earlier}")
+      rows[run.name] = _read_result(result_path)
+    elif code == FAILED:
+      failed[run.name] = _failure(failed_path)
+      log(f"{prefix}: failed {earlier}: {failed[run.name]}")
+    elif code == ACQUIRED:
       log(f"{prefix}: training")
       try:
-        rows.append(train_run(run, pending[run.name], workdir))
+        rows[run.name] = train_run(run, configs[run.name], workdir)
       except NonFiniteError as e:
         failed[run.name] = str(e)
         log(f"{prefix}: failed: {e}")
+      finally:
+        if held:
+          held.release()
+    return code != CLAIMED, claim
+
+  def announce(name: str, claim: Claim | None, then: str) -> None:
+    if claim:
+      log(f"{position[name]}: claimed by {claim.owner}, heartbeat {claim.age():.0f} s ago; "
+          f"{then}")
+
+  waiting = {}  # name -> (run, the owner last announced)
+  for run in share:
+    settled, claim = attempt(run, "earlier")
+    if not settled:
+      announce(run.name, claim, "training the others first")
+      waiting[run.name] = (run, None)
+  while waiting:
+    time.sleep(claims.heartbeat_every(claim_timeout))
+    for name, (run, announced) in list(waiting.items()):
+      settled, claim = attempt(run, "in another process")
+      if settled:
+        del waiting[name]
+      elif claim and claim.owner != announced:
+        announce(name, claim, "waiting")
+        waiting[name] = (run, claim.owner)
   if failed:
     reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
     raise RunsFailed(f"{len(failed)} of {len(share)} runs failed ({reasons}); `python -m "
                      f"bitjax plot --workdir {workdir}` analyses the {len(rows)} finished")
-  return rows
+  return [rows[run.name] for run in share if run.name in rows]
 
 
 def collect_results(workdir: str) -> list[dict]:
@@ -148,7 +234,7 @@ def write_csv(rows: list[dict], path: str) -> str:
   writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
   writer.writeheader()
   writer.writerows(rows)
-  files.write_text(path, text.getvalue())
+  files.write_atomic(path, text.getvalue())  # processes sharing a sweep may both write it
   return path
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from bitjax import files
+from bitjax.parallel import max_over_processes
 
 
 # The layout of a workdir (config.json, checkpoints/, tokenizer/, ...) this version writes;
@@ -54,6 +58,47 @@ def _all_finite(leaves) -> jax.Array:
 
 class DamagedCheckpoints(files.WorkdirError):
   """No committed step of a run's checkpoints restores intact; the message names each."""
+
+
+class UnreadableCheckpoint(files.WorkdirError):
+  """A checkpoint step could not be read for a reason that says nothing about the step (the
+  network, the storage service, memory); nothing was moved."""
+
+
+# A step's verdict on one process; the job takes the largest over its processes.
+INTACT, DAMAGED, UNREADABLE = range(3)
+
+# Exceptions (by module and class name, checked only if that module is loaded: the error
+# cannot come from a module never imported) that tell of the way to the storage rather than
+# of what it holds. gcsfs's HttpError counts when its status is 429 or 5xx.
+_UNREADABLE_TYPES = (("google.api_core.exceptions", ("ServerError", "TooManyRequests",
+                                                     "RetryError")),
+                     ("requests.exceptions", ("ConnectionError", "Timeout")),
+                     ("aiohttp", ("ClientConnectionError", "ServerTimeoutError")))
+# Status codes in the messages of tensorstore (which reads Orbax's arrays) and gRPC.
+_UNREADABLE_STATUS = re.compile(r"\b(UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b")
+
+
+def _unreadable(error: BaseException) -> bool:
+  """Whether `error` (or an error it was raised from) failed the read without saying the
+  checkpoint is damaged: a connection or timeout error (missing files, FileNotFoundError, do
+  prove damage), a storage service's 429 / 5xx, a tensorstore status such as UNAVAILABLE,
+  or running out of memory."""
+  classes = [ConnectionError, TimeoutError, MemoryError]
+  for module, names in _UNREADABLE_TYPES:
+    if module in sys.modules:
+      classes += [getattr(sys.modules[module], name) for name in names
+                  if hasattr(sys.modules[module], name)]
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, tuple(classes)) or _UNREADABLE_STATUS.search(str(error)):
+      return True
+    if type(error).__name__ == "HttpError" and (getattr(error, "code", None) == 429 or
+                                                 str(getattr(error, "code", "")).startswith("5")):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _one_line(error: Exception) -> str:
@@ -108,22 +153,37 @@ class Checkpointer:
     one taken is reported through `warn` with the reason and moved aside to
     DIRECTORY.damaged/ (never deleted: it is evidence, and the run saves that step
     again). When no step is intact, nothing is moved and DamagedCheckpoints names them all.
+
+    A read that failed for a reason that proves nothing about the step (`_unreadable`: the
+    network or storage, or this machine's memory) moves nothing and raises
+    UnreadableCheckpoint. With several processes the verdict on a step is the worst of
+    every process's (max_over_processes), so all take the same step; only the lead process
+    moves damaged steps, and all wait for it before reading the directory again.
     """
     damaged = []
     for step in reversed(self.all_steps()):
+      verdict, error = INTACT, None
       try:
         state, data_state = self.restore(step, abstract_state)
+        set_data_state(data_state)
+      except Exception as e:  # pylint: disable=broad-except  # sorted by _unreadable
+        verdict, error = (UNREADABLE if _unreadable(e) else DAMAGED), e
+      verdict = max_over_processes(verdict)()
+      if verdict == UNREADABLE:
+        cause = _one_line(error) if error else "another process could not read it"
+        raise UnreadableCheckpoint(
+            f"{self.directory}: could not read checkpoint step {step} ({cause}); this says "
+            "nothing about the step, so it was left in place: rerun when the storage answers")
+      if verdict == INTACT:  # every process holds the step: check it together
         bad = nonfinite_leaves(state)
         if bad:
-          raise ValueError(f"non-finite values in {len(bad)} arrays, first {bad[0]}")
-        set_data_state(data_state)
-      except Exception as e:  # pylint: disable=broad-except  # any failure: try the previous
-        damaged.append((step, _one_line(e)))
+          verdict = DAMAGED
+          error = ValueError(f"non-finite values in {len(bad)} arrays, first {bad[0]}")
+      if verdict == DAMAGED:
+        damaged.append((step, _one_line(error) if error else "damaged on another process"))
         continue
-      for bad_step, reason in damaged:
-        moved_to = self._set_aside(bad_step)
-        warn(f"checkpoint step {bad_step} is damaged ({reason}); moved to {moved_to}; "
-             f"resuming from step {step}")
+      if damaged:
+        self._set_aside(damaged, step, warn)
       return step, state
     if damaged:
       raise DamagedCheckpoints(
@@ -131,17 +191,24 @@ class Checkpointer:
           "; ".join(f"step {step}: {reason}" for step, reason in damaged))
     return None
 
-  def _set_aside(self, step: int) -> str:
-    """Move step `step`'s folder to DIRECTORY.damaged/STEP (STEP-2, ... if taken)."""
-    target_dir = self.directory.rstrip("/") + ".damaged"
-    files.makedirs(target_dir)
-    target, n = f"{target_dir}/{step}", 1
-    while files.exists(target):
-      n += 1
-      target = f"{target_dir}/{step}-{n}"
-    files.move(f"{self.directory.rstrip('/')}/{step}", target)
+  def _set_aside(self, damaged: list[tuple[int, str]], resumed: int, warn) -> None:
+    """The lead process moves each damaged (step, reason)'s folder to DIRECTORY.damaged/STEP
+    (STEP-2, ... if taken) and warns; every process waits for it, then reads the directory
+    again."""
+    if jax.process_index() == 0:
+      target_dir = self.directory.rstrip("/") + ".damaged"
+      files.makedirs(target_dir)
+      for step, reason in damaged:
+        target, n = f"{target_dir}/{step}", 1
+        while files.exists(target):
+          n += 1
+          target = f"{target_dir}/{step}-{n}"
+        files.move(f"{self.directory.rstrip('/')}/{step}", target)
+        warn(f"checkpoint step {step} is damaged ({reason}); moved to {target}; "
+             f"resuming from step {resumed}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("bitjax: damaged checkpoints set aside")
     self.manager.reload()
-    return target
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from bitjax.data.tokenizers import MARKER as TOKENIZER_MARKER
 from bitjax.models import weight_memory_bits
-from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
+from bitjax.parallel import (global_batch, make_mesh, max_over_processes, process_batch_block,
+                             sharded_jit)
 from bitjax import files
 from bitjax.train.checkpoint import (Checkpointer, check_run_format, guard_config,
                                      nonfinite_leaves)
@@ -93,15 +94,28 @@ class Interrupted(Exception):
 
 class StopRequests:
   """While active, SIGTERM (how Cloud TPU announces a preemption) and SIGINT only set
-  `signal_name`, which the loop reads after each step; the handlers in place before are
-  put back at once, so a second signal acts as it would have (ends the process). Signals
-  can only be caught in the main thread; elsewhere this does nothing."""
+  `signal_name`, which the loop reads after each step through `agreed`; the handlers in
+  place before are put back at once, so a second signal acts as it would have (ends the
+  process). Signals can only be caught in the main thread; elsewhere this does nothing."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.signal_name: str | None = None
     self._previous = {}
+    self._gathered = lambda: 0  # the signal numbers of the step before, over processes
+
+  def agreed(self) -> str | None:
+    """The signal to stop at this step for, the same on every process, as saving a
+    checkpoint is collective and every host must save the same step. One process: its own
+    signal, at once. Several: the largest signal number any process had caught by the step
+    before (gathered then by max_over_processes, read now, so the loop does not wait on it),
+    whether or not this process caught one. Call it once per step on every process."""
+    if jax.process_count() == 1:
+      return self.signal_name
+    caught = signal.Signals[self.signal_name].value if self.signal_name else 0
+    agreed, self._gathered = self._gathered(), max_over_processes(caught)
+    return signal.Signals(agreed).name if agreed else None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -178,6 +192,16 @@ def make_config_mesh(config: ml_collections.ConfigDict, task, devices=None) -> M
   return mesh
 
 
+def check_run_config(config: ml_collections.ConfigDict, workdir: str, write: bool) -> None:
+  """Refuse `workdir` if its config.json was written for another config than the resolved
+  `config` (WorkdirError naming each changed field); if `write`, write it where absent.
+  `train` checks its workdir so, and a sweep each run's before anything trains."""
+  recipe = model_config(config).spec.lr_recipe
+  guard_config(workdir, run_record(config), write=write,
+               defaults=run_record(default_config(config.task)),
+               upgrade=lambda saved: upgrade_record(saved, recipe))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train `config` in `workdir`, resuming from its newest checkpoint; returns the summary.
 
@@ -193,9 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
   check_run_format(workdir, write=lead)
-  guard_config(workdir, run_record(config), write=lead,
-               defaults=run_record(default_config(config.task)),
-               upgrade=lambda saved: upgrade_record(saved, model_cfg.spec.lr_recipe))
+  check_run_config(config, workdir, write=lead)
   if lead:
     save_tokenizer(task, workdir)
   summary_path = os.path.join(workdir, "summary.json")
@@ -264,7 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         unchecked = step, metrics
         log = step % tcfg.log_every == 0 or step == tcfg.steps
         run_eval = step % tcfg.eval_every == 0 or step == tcfg.steps
-        save = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stop.signal_name
+        stopping = stop.agreed()
+        save = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stopping
         if log or run_eval or save:
           guard.check(*unchecked)  # before anything of this step is written
           unchecked = None
@@ -295,8 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise NonFiniteError(step, f"the train state holds non-finite values in "
                                        f"{len(bad)} arrays, first {bad[0]}")
           checkpointer.save(step, state, train_iter.get_state())
-        if stop.signal_name and step < tcfg.steps:
-          raise Interrupted(stop.signal_name, step)
+        if stopping and step < tcfg.steps:
+          raise Interrupted(stopping, step)
   except NonFiniteError as e:
     saved = checkpointer.committed_step()
     if lead:
