@@ -21,7 +21,7 @@ from bitjax.data.tokenizers import MARKER as TOKENIZER_MARKER
 from bitjax.models import weight_memory_bits
 from bitjax.parallel import global_batch, make_mesh, process_batch_block, sharded_jit
 from bitjax import files
-from bitjax.train.checkpoint import (Checkpointer, check_run_format, guard_config,
+from bitjax.train.checkpoint import (Checkpointer, _one_line, check_run_format, guard_config,
                                      nonfinite_leaves)
 from bitjax.train.config import (ConfigError, check_workdir, default_config, model_config,
                                  resolve_config, run_record, upgrade_record)
@@ -253,6 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # The step before, checked once the next one is dispatched, so that reading its loss
   # does not hold up the device; steps that log, evaluate or save are checked at once.
   unchecked = None
+  step = start
+  storage_failed = False
   try:
     with StopRequests() as stop:
       for step in range(start + 1, tcfg.steps + 1):
@@ -306,10 +308,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     kept = "no checkpoint" if saved is None else f"its newest checkpoint is step {saved}"
     raise NonFiniteError(e.step, f"{e.reason}; the run stops, {kept} "
                                  f"({os.path.join(workdir, FAILED_FILE)})") from None
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless the store failed
+    if not (files.is_remote(workdir) and files.is_storage_error(e)):
+      raise
+    storage_failed = True
+    raise files.StorageError(
+        f"workdir {workdir!r}: its storage failed at step {step} ({_one_line(e)}); rerun "
+        "the same command once it is reachable: the run resumes from its newest committed "
+        "checkpoint") from None
   finally:
     bar.close()
     if writer:
-      writer.close()
+      writer.close(storage_failed)
     checkpointer.close()
   if eval_metrics is None:  # resumed at the last step without a summary
     eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
