@@ -111,8 +111,16 @@ def read_text(path: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
+  """Write `data` to `path`. Remote, an upload that finds nothing (a 404) means the bucket
+  does not exist: bitjax creates no buckets (a typo must not make one), so that is a
+  WorkdirError naming the bucket. (A check before writing could not tell: without
+  storage.buckets.get permission an empty bucket looks like a missing one.)"""
   if is_remote(path):
-    _epath(path).write_bytes(data)
+    try:
+      _epath(path).write_bytes(data)
+    except FileNotFoundError:
+      raise WorkdirError(f"{path}: bucket {bucket_of(path)} does not exist; create it "
+                         "first (bitjax creates no buckets)") from None
   else:
     with open(path, "wb") as f:
       f.write(data)

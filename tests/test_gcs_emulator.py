@@ -304,5 +304,5 @@ def test_a_missing_bucket_is_a_one_line_error(emulator):
   done = bitjax(emulator, "train", *cli_args("gs://no-such-bucket/run"))
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1] == (
-      "bitjax train: --workdir='gs://no-such-bucket/run': bucket gs://no-such-bucket does "
-      "not exist; create it first (bitjax creates no buckets)")
+      "bitjax train: gs://no-such-bucket/run/bitjax_run.json: bucket gs://no-such-bucket "
+      "does not exist; create it first (bitjax creates no buckets)")

@@ -188,11 +188,6 @@ def check_workdir(workdir: str) -> str:
   (bitjax.files)."""
   if not workdir:
     raise files.WorkdirError("--workdir is required")
-  if files.is_remote(workdir):
-    bucket = files.bucket_of(workdir)
-    if not files.exists(bucket):  # makedirs creates no bucket: a typo must not make one
-      raise files.WorkdirError(f"--workdir={workdir!r}: bucket {bucket} does not exist; "
-                               "create it first (bitjax creates no buckets)")
   if files.exists(workdir) and not files.isdir(workdir):
     raise files.WorkdirError(f"--workdir={workdir!r} exists and is not a directory")
   try:
