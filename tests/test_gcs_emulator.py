@@ -23,8 +23,7 @@ import urllib.request
 
 import pytest
 
-from test_faults import (LM_CONFIG, ROOT, assert_same_state, cli_args, losses,  # noqa: F401
-                         reference)
+from test_faults import LM_CONFIG, ROOT, assert_same_state, cli_args, losses
 from bitjax.train.metrics import read_metrics
 from bitjax.train.trainer import EXIT_INTERRUPTED
 
