@@ -341,8 +341,23 @@ def _unknown_field(argv) -> str | None:
   return None
 
 
+def _storage_logs_without_tracebacks():
+  """gcsfs logs every request it gives up on with the traceback (logger.exception); bitjax
+  reports the failure itself in one line naming the workdir, so gcsfs's log keeps its
+  one-line message only."""
+  import logging as std_logging
+
+  class NoTraceback(std_logging.Filter):
+    def filter(self, record):
+      record.exc_info, record.exc_text = None, None
+      return True
+
+  std_logging.getLogger("gcsfs").addFilter(NoTraceback())
+
+
 def run():
   _define_config_flag(sys.argv[1] if len(sys.argv) > 1 else None)
+  _storage_logs_without_tracebacks()
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -26,6 +26,12 @@ class WorkdirError(ValueError):
   The command line reports it in one line."""
 
 
+class StorageError(WorkdirError):
+  """The object store of a remote workdir failed mid-run (unreachable, or errors past the
+  client's retries); the message names the workdir, the step and the cause. The command
+  line reports it in one line; rerunning resumes from the newest committed checkpoint."""
+
+
 # The schemes etils.epath routes to fsspec / tf.io.gfile; other "x://" strings are refused
 # rather than taken for a relative local path named "x:".
 REMOTE_SCHEMES = ("gs", "s3")
@@ -41,6 +47,19 @@ def is_remote(path) -> bool:
     raise ValueError(f"{path!r}: unsupported URL scheme {scheme}://; workdirs may be local "
                      f"paths or {', '.join(s + '://' for s in REMOTE_SCHEMES)} URLs")
   return True
+
+
+def is_storage_error(error: BaseException) -> bool:
+  """An error of the object store's client: an OSError (unreachable host, a missing object
+  or bucket, a refused request), or an exception of gcsfs / its HTTP and auth libraries."""
+  module = type(error).__module__.split(".")[0]
+  return isinstance(error, OSError) or module in ("gcsfs", "aiohttp", "google", "requests")
+
+
+def bucket_of(url: str) -> str:
+  """"gs://bucket/a/b" -> "gs://bucket"."""
+  scheme, _, rest = url.partition("://")
+  return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 def _epath(path):
@@ -92,8 +111,16 @@ def read_text(path: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
+  """Write `data` to `path`. Remote, an upload that finds nothing (a 404) means the bucket
+  does not exist: bitjax creates no buckets (a typo must not make one), so that is a
+  WorkdirError naming the bucket. (A check before writing could not tell: without
+  storage.buckets.get permission an empty bucket looks like a missing one.)"""
   if is_remote(path):
-    _epath(path).write_bytes(data)
+    try:
+      _epath(path).write_bytes(data)
+    except FileNotFoundError:
+      raise WorkdirError(f"{path}: bucket {bucket_of(path)} does not exist; create it "
+                         "first (bitjax creates no buckets)") from None
   else:
     with open(path, "wb") as f:
       f.write(data)

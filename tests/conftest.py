@@ -10,6 +10,19 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+  """One uninterrupted run of tests/test_faults.py's tiny_config() (checkpoints at steps 2,
+  4, ..., 10), which interrupted and resumed runs are compared with, bit for bit; shared by
+  test_faults.py and test_gcs_emulator.py, which only read it."""
+  from bitjax.train import train_and_evaluate
+  from test_faults import tiny_config
+
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  train_and_evaluate(tiny_config(), workdir)
+  return workdir
+
+
 @pytest.fixture
 def rng(request):
   """A fresh random generator per test; its seed is printed, and BITJAX_TEST_SEED replays it."""

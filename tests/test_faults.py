@@ -65,12 +65,7 @@ def losses(workdir):
   return {(r["step"], r["split"]): r["loss"] for r in read_metrics(workdir)}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """One uninterrupted tiny run: checkpoints at steps 2, 4, ..., 10."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  train_and_evaluate(tiny_config(), workdir)
-  return workdir
+# `reference` (conftest.py): one uninterrupted run of tiny_config(), checkpoints at 2, ..., 10.
 
 
 # -- Non-finite guard ------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """gs:// workdirs, offline: the real etils.epath -> fsspec code path, with fsspec's "gcs"
 protocol bound to an in-memory store that behaves like an object store (objects appear
-whole when their upload closes, no appends, no directories, rename = copy + delete).
+whole when their upload closes, no appends, no directories, rename = copy + delete) and
+records every upload, so these tests can count and order the writes (one upload per atomic
+write, config.json written once, no temporary objects, a failed TensorBoard upload).
 
-Orbax's array writes go through tensorstore's own GCS driver, which this fake cannot
-serve, so the end-to-end run keeps its checkpoints on local disk; everything else of the
-workdir (config.json, metrics.jsonl, TensorBoard, summary.json, result.json, results.csv,
-plots) goes to gs://.
+Whole runs on gs:// (checkpoints through tensorstore's GCS client included, signals,
+kill -9, an outage, sweep and plot) run against a real GCS emulator in
+tests/test_gcs_emulator.py.
 """
 
 import importlib
@@ -15,19 +16,16 @@ import os
 import shutil
 
 import fsspec
-import numpy as np
 import pytest
 from etils import epath
 from etils.epath import backend as epath_backend
 from etils.epath import gpath
 from fsspec.utils import stringify_path
 
-import bitjax.data
 from bitjax import files
-from bitjax.train.checkpoint import Checkpointer, guard_config
+from bitjax.train.checkpoint import guard_config
 from bitjax.train.config import check_workdir
 from bitjax.train.metrics import MetricWriter, read_metrics
-from preemption import Preempted, preempt_after
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM_CONFIG = os.path.join(ROOT, "configs", "lm.py")
@@ -207,16 +205,6 @@ def test_config_guard_on_gcs(gcs):
   assert "bkt/other/config.json" not in gcs.objects
 
 
-def test_checkpointer_passes_urls_to_orbax_unchanged(gcs, monkeypatch):
-  import orbax.checkpoint as ocp
-
-  seen = []
-  monkeypatch.setattr(ocp, "CheckpointManager", lambda directory, **kw: seen.append(directory))
-  Checkpointer("gs://bkt/run/checkpoints", 2)
-  Checkpointer("run/checkpoints", 2)
-  assert seen == ["gs://bkt/run/checkpoints", os.path.join(os.getcwd(), "run/checkpoints")]
-
-
 def _write_records(writer, records):
   for step, split, scalars in records:
     writer.write(step, split, scalars)
@@ -272,68 +260,6 @@ def test_failed_tensorboard_upload_warns_and_loses_no_metrics(gcs, monkeypatch):
   assert writer.tb_dir in warnings[-1] and os.listdir(writer.tb_dir)  # kept locally
   assert not any(k.startswith("bkt/run/tensorboard") for k in gcs.objects)
   shutil.rmtree(writer.tb_dir)
-
-
-def test_sweep_train_resume_report_and_plots_in_a_gcs_workdir(gcs, tmp_path, monkeypatch):
-  from bitjax.sweep import report, runner
-  from bitjax.train import trainer
-
-  shared = {"data.data_dir": str(tmp_path / "tfds"), "train.seq_len": 32,
-            "train.batch_size": 4, "train.steps": 6, "train.eval_every": 3,
-            "train.eval_batches": 1, "train.log_every": 3, "train.checkpoint_every": 3,
-            "train.progress_bar": False, "model.num_layers": 1, "model.compute_dtype": "float32"}
-  sweep = tmp_path / "sweep.py"
-  sweep.write_text(
-      "from bitjax.sweep.spec import make_runs, product\n"
-      "def get_sweep(arg=None):\n"
-      f"  return make_runs({LM_CONFIG!r}, product(size=['nano'], precision=['b1.58']),"
-      f" shared={shared!r})\n")
-  # Checkpoints (tensorstore) stay local; the directory orbax is handed is recorded.
-  checkpoint_dirs = []
-
-  def local_checkpointer(directory, max_to_keep):
-    checkpoint_dirs.append(directory)
-    return Checkpointer(str(tmp_path / "ckpt" / directory.removeprefix("gs://")), max_to_keep)
-
-  monkeypatch.setattr(trainer, "Checkpointer", local_checkpointer)
-  workdir, run = "gs://bkt/sweep", "bkt/sweep/nano-b1.58"
-  make_iterator = bitjax.data.make_train_iterator
-  with monkeypatch.context() as patch:  # killed after 4 of 6 steps (checkpoint at 3)
-    patch.setattr(bitjax.data, "make_train_iterator",
-                  preempt_after(make_iterator, 4))
-    with pytest.raises(Preempted):
-      runner.run_sweep(str(sweep), workdir, log=lambda line: None)
-  assert checkpoint_dirs == [f"gs://{run}/checkpoints"]
-  assert f"{run}/config.json" in gcs.objects and f"{run}/result.json" not in gcs.objects
-  assert [(r["step"], r["split"]) for r in read_metrics(f"gs://{run}")] == [
-      (3, "train"), (3, "eval")]
-
-  rows = runner.run_sweep(str(sweep), workdir, log=lambda line: None)  # resumes at step 3
-  records = read_metrics(f"gs://{run}")
-  assert [(r["step"], r["split"]) for r in records] == [
-      (3, "train"), (3, "eval"), (6, "train"), (6, "eval")]
-  result = json.loads(gcs.objects[f"{run}/result.json"])
-  summary = json.loads(gcs.objects[f"{run}/summary.json"])
-  assert rows[0]["eval_loss"] == result["eval_loss"] and result["steps_this_session"] == 3
-  assert summary["workdir"] == f"gs://{run}" and summary["eval_loss"] == records[-1]["loss"]
-  assert np.isfinite(result["eval_loss"]) and result["precision"] == "b1.58"
-  # result.json is uploaded once, after summary.json, and a finished run is not retrained.
-  assert gcs.uploads.index(f"{run}/result.json") > gcs.uploads.index(f"{run}/summary.json")
-  uploads, lines = len(gcs.uploads), []
-  assert runner.run_sweep(str(sweep), workdir, log=lines.append) == [result]
-  assert lines == ["[1/1] nano-b1.58: finished earlier"] and len(gcs.uploads) == uploads
-
-  text = report.analyze(workdir)
-  assert f"results: {workdir}/results.csv" in text
-  header, row = gcs.objects["bkt/sweep/results.csv"].decode().splitlines()
-  assert header.split(",")[0] == "name" and row.startswith("nano-b1.58,")
-  columns = dict(zip(header.split(","), row.split(",")))
-  assert float(columns["eval_loss"]) == pytest.approx(result["eval_loss"])
-  for name in ("scaling_params", "scaling_flops", "scaling_memory", "training_curves"):
-    png = gcs.objects[f"bkt/sweep/plots/{name}.png"]
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
-    assert b"<svg" in gcs.objects[f"bkt/sweep/plots/{name}.svg"]
-  assert f"{workdir}/plots/training_curves.png" in text
 
 
 def test_compare_passes_url_workdirs_through(gcs, monkeypatch):

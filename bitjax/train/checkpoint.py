@@ -101,7 +101,7 @@ def _unreadable(error: BaseException) -> bool:
   return False
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
   text = " ".join(str(error).split())
   return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
@@ -170,7 +170,7 @@ class Checkpointer:
         verdict, error = (UNREADABLE if _unreadable(e) else DAMAGED), e
       verdict = max_over_processes(verdict)()
       if verdict == UNREADABLE:
-        cause = _one_line(error) if error else "another process could not read it"
+        cause = one_line(error) if error else "another process could not read it"
         raise UnreadableCheckpoint(
             f"{self.directory}: could not read checkpoint step {step} ({cause}); this says "
             "nothing about the step, so it was left in place: rerun when the storage answers")
@@ -180,7 +180,7 @@ class Checkpointer:
           verdict = DAMAGED
           error = ValueError(f"non-finite values in {len(bad)} arrays, first {bad[0]}")
       if verdict == DAMAGED:
-        damaged.append((step, _one_line(error) if error else "damaged on another process"))
+        damaged.append((step, one_line(error) if error else "damaged on another process"))
         continue
       if damaged:
         self._set_aside(damaged, step, warn)

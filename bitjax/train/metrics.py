@@ -85,7 +85,17 @@ class MetricWriter:
                       self.tb_remote, type(e).__name__, e, self.tb_dir)
       return False
 
-  def close(self) -> None:
+  def close(self, storage_failed: bool = False) -> None:
+    """Flush and upload what is left. `storage_failed` (the workdir's store just failed):
+    write nothing more there (each attempt would wait out the client's retries again);
+    the TensorBoard events stay in the local directory, which a warning names."""
+    if storage_failed:
+      self.jsonl.closed = True
+      self.tb.close()
+      if self.tb_remote:
+        logging.warning("TensorBoard events not uploaded to %s (its storage failed); they "
+                        "are in %s", self.tb_remote, self.tb_dir)
+      return
     try:
       self.jsonl.close()
     finally:

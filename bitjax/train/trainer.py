@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from bitjax.models import weight_memory_bits
 from bitjax.parallel import (global_batch, make_mesh, max_over_processes, process_batch_block,
                              sharded_jit)
 from bitjax import files
-from bitjax.train.checkpoint import (Checkpointer, check_run_format, guard_config,
+from bitjax.train.checkpoint import (Checkpointer, one_line, check_run_format, guard_config,
                                      nonfinite_leaves)
 from bitjax.train.config import (ConfigError, check_workdir, default_config, model_config,
                                  resolve_config, run_record, upgrade_record)
@@ -90,6 +91,22 @@ class Interrupted(Exception):
     super().__init__(f"{signal_name} at step {step}: saved a checkpoint at step {step}; "
                      f"rerun the same command to resume (exit code {EXIT_INTERRUPTED})")
     self.signal_name, self.step = signal_name, step
+
+
+@contextlib.contextmanager
+def workdir_io(workdir: str, step: int):
+  """Around the loop's writes to a remote workdir: an error of its object store (once the
+  client's retries are spent) becomes a one-line files.StorageError naming the workdir and
+  the step, and the loop writes nothing more there."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless the store failed
+    if not (files.is_remote(workdir) and files.is_storage_error(e)):
+      raise
+    raise files.StorageError(
+        f"workdir {workdir!r}: its storage failed at step {step} ({one_line(e)}); rerun "
+        "the same command once it is reachable: the run resumes from its newest committed "
+        "checkpoint") from None
 
 
 class StopRequests:
@@ -275,6 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # The step before, checked once the next one is dispatched, so that reading its loss
   # does not hold up the device; steps that log, evaluate or save are checked at once.
   unchecked = None
+  storage_failed = False
   try:
     with StopRequests() as stop:
       for step in range(start + 1, tcfg.steps + 1):
@@ -303,13 +321,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                        state.params, batch)
             t_log = time.perf_counter()  # tracing is not training time
           if writer:
-            writer.write(step, "train", {**metrics, **task.throughput(units_s, flops_per_step)})
+            with workdir_io(workdir, step):
+              writer.write(step, "train", {**metrics,
+                                           **task.throughput(units_s, flops_per_step)})
           bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                           **{f"{task.unit}_s": f"{units_s:,.0f}"})
         if run_eval:
           eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
           if writer:
-            writer.write(step, "eval", eval_metrics)
+            with workdir_io(workdir, step):
+              writer.write(step, "eval", eval_metrics)
             bar.write(f"step {step}: eval " + ", ".join(f"{key} {value:.4f}"
                                                         for key, value in eval_metrics.items()))
         if save:
@@ -317,7 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if bad:  # finite loss and gradients, yet the update overflowed
             raise NonFiniteError(step, f"the train state holds non-finite values in "
                                        f"{len(bad)} arrays, first {bad[0]}")
-          checkpointer.save(step, state, train_iter.get_state())
+          with workdir_io(workdir, step):
+            checkpointer.save(step, state, train_iter.get_state())
         if stopping and step < tcfg.steps:
           raise Interrupted(stopping, step)
   except NonFiniteError as e:
@@ -329,10 +351,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     kept = "no checkpoint" if saved is None else f"its newest checkpoint is step {saved}"
     raise NonFiniteError(e.step, f"{e.reason}; the run stops, {kept} "
                                  f"({os.path.join(workdir, FAILED_FILE)})") from None
+  except files.StorageError:
+    storage_failed = True
+    raise
   finally:
     bar.close()
     if writer:
-      writer.close()
+      writer.close(storage_failed)
     checkpointer.close()
   if eval_metrics is None:  # resumed at the last step without a summary
     eval_metrics = evaluate(task, eval_fn, state.params, eval_batches)
