@@ -8,6 +8,8 @@ Presets:
   cpu_chinchilla  nano .. mini x 5, 10, 20, 40 tokens per parameter x bf16, b1.58
   paper           the BitNet b1.58 shapes 700m .. 3.9b x bf16, b1.58, 100B tokens each
   paper_chinchilla  700m .. 3b x 10, 20, 40 tokens per parameter x bf16, b1.58
+  For cpu and cpu_large, `steps=S` trains every run S steps instead of 300 and
+  `sizes=nano+micro` keeps only those sizes (a short sweep: colab/03_scaling_curves).
   cpu_tokenizers  nano x bf16, b1.58 x bytes, a 1024-id byte-level BPE: bits per byte compare
                   them (300 steps of 16 x 128 tokens each). The BPE is trained offline first,
                   on the corpus's train split (about 15 s):
@@ -35,7 +37,7 @@ BPE_DIR = os.path.join("runs", "bpe1024")  # where the cpu_tokenizers preset's B
 
 
 def get_sweep(arg=None):
-  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR)
+  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR, steps=0, sizes="")
   if args.preset not in PRESETS:
     raise ValueError(f"sweep preset {args.preset!r} is not one of {list(PRESETS)}")
   seeds = list(range(args.seeds))
@@ -43,11 +45,20 @@ def get_sweep(arg=None):
     return tokenizer_runs(args.bpe, seeds)
   if args.preset in ("cpu", "cpu_large"):
     large = args.preset == "cpu_large"
-    items = product(size=["nano", "micro", "tiny", *(["mini", "small"] if large else [])],
+    sizes = ["nano", "micro", "tiny", *(["mini", "small"] if large else [])]
+    if args.sizes:
+      unknown = sorted(set(args.sizes.split("+")) - set(sizes))
+      if unknown:
+        raise ValueError(f"sizes={args.sizes!r}: {unknown} not in preset {args.preset}'s {sizes}")
+      sizes = [size for size in sizes if size in args.sizes.split("+")]
+    if args.steps < 0:
+      raise ValueError(f"steps={args.steps} must be positive (0: the configs' 300)")
+    steps = {"train.steps": args.steps} if args.steps else {}
+    items = product(size=sizes,
                     precision=["bf16", "b1.58", *(["1bit"] if large else [])],
                     **{"train.seed": seeds})
     # Half-length windows keep CPU sweeps short; the cpu runs are a subset of cpu_large.
-    return make_runs(LM, items, shared={"train.seq_len": 128})
+    return make_runs(LM, items, shared={"train.seq_len": 128, **steps})
   elif args.preset == "paper":
     items = product(size=["700m", "1.3b", "3b", "3.9b"], precision=["bf16", "b1.58"],
                     **{"train.seed": seeds})
