@@ -11,6 +11,7 @@ import math
 B158_PERPLEXITY = {
     "source": "BitNet b1.58, arXiv 2402.17764 (100B tokens; docs/design.md §10)",
     "params": {"700M": 7e8, "1.3B": 1.3e9, "3B": 3e9},
+    "tokens": 100e9,
     "bf16": {"700M": 12.33, "1.3B": 11.25, "3B": 10.04},  # the paper's LLaMA baseline
     "b1.58": {"700M": 12.87, "1.3B": 11.29, "3B": 9.91},
 }
