@@ -6,10 +6,10 @@
 
 Full mode saves each notebook with its outputs (what is committed) and writes the measured
 wall time, the date and the machine into its top cell. The kernel's Python is a virtual
-environment made for the run with --system-site-packages: it sees the installed JAX and
-every dependency, so the notebooks' install cell installs this checkout into that
-environment only (keeping JAX as it is) and never replaces the bitjax that the machine's
-own environment has installed. tests/test_colab.py runs the notebooks the same way.
+environment made for the run that sees this environment's packages after its own: it
+sees the installed JAX and every dependency, so the notebooks' install cell installs this
+checkout into that environment only (keeping JAX as it is) and never replaces the bitjax
+that the machine's own environment has installed. tests/test_colab.py runs the notebooks the same way.
 """
 
 from __future__ import annotations
@@ -35,17 +35,29 @@ def notebooks() -> list[str]:
 
 
 def make_kernel(root: str) -> str:
-  """A virtual environment under `root` (system site-packages visible, no pip of its own:
-  `python -m pip` is the system's, installing into the environment) and a kernel spec for
-  it; returns the JUPYTER_PATH entry that holds the spec. PYTHONPATH is cleared in the
-  kernel, so bitjax is imported from what the install cell installed."""
+  """A virtual environment under `root` that sees this interpreter's packages after its own
+  (a .pth file adds this interpreter's site directories, .pth files and all, the way
+  --system-site-packages would, but also when this interpreter is itself a virtual
+  environment), with no pip of its own (`python -m pip` is this environment's, installing
+  into the new one), and a kernel spec for it; returns the JUPYTER_PATH entry that holds
+  the spec. PYTHONPATH is cleared in the kernel, so bitjax is imported from what the
+  install cell installed."""
+  import site
+  import sysconfig
+
   venv = os.path.join(root, "venv")
-  subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv],
-                 check=True)
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+  python = os.path.join(venv, "bin", "python")
+  purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+  outer = [d for d in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+                                     sysconfig.get_paths()["platlib"]]) if os.path.isdir(d)]
+  with open(os.path.join(purelib, "zz_outer_site.pth"), "w") as f:
+    f.write("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in outer) + "\n")
   spec_dir = os.path.join(root, "jupyter", "kernels", KERNEL_NAME)
   os.makedirs(spec_dir)
   with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
-    json.dump({"argv": [os.path.join(venv, "bin", "python"), "-m", "ipykernel_launcher", "-f",
+    json.dump({"argv": [python, "-m", "ipykernel_launcher", "-f",
                         "{connection_file}"],
                "display_name": "bitjax (isolated)", "language": "python",
                "env": {"PYTHONPATH": ""}}, f)

@@ -236,8 +236,8 @@ def test_committed_results_csv_reads_back_as_rows_an_analysis_takes(tmp_path):
     runner.sweep_rows(str(tmp_path / "nothing"))
 
 
-def test_published_ratios_beside_ours():
-  from bitjax.sweep import papers, scaling
+def test_published_ratios_beside_ours(tmp_path):
+  from bitjax.sweep import papers, plots, scaling
 
   published = papers.b158_perplexity_ratios()
   assert [p["size"] for p in published] == ["700M", "1.3B", "3B"]
@@ -250,3 +250,8 @@ def test_published_ratios_beside_ours():
   ours = papers.perplexity_ratios(scaling.summarize(rows, bootstrap=0))
   assert [o["size"] for o in ours] == ["a", "b"]
   assert ours[0]["ratio"] == pytest.approx(math.exp(0.1))
+  paths = plots.plot_ratio_beside_papers(ours, published, str(tmp_path), ours_label="ours",
+                                         published_label="paper")
+  assert [os.path.basename(p) for p in paths] == ["ratio_beside_papers.png",
+                                                  "ratio_beside_papers.svg"]
+  assert all(os.path.getsize(p) > 0 for p in paths)
