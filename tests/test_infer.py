@@ -222,3 +222,26 @@ def test_packed_layers_run_per_device_under_a_mesh(rng):
     assert in_shard_map, name
     assert matmul_diff == 0.0, name
     assert layer_rel_diff < 1e-6, name
+
+
+def test_logit_agreement_and_weight_code_stats(rng):
+  from bitjax.infer import logit_agreement, weight_code_stats
+  from bitjax.quant import quantize_weight
+
+  model = small_decoder("b1.58", 0)
+  stats = weight_code_stats(model)
+  layers = [(p, m) for p, m in nnx.iter_modules(model) if isinstance(m, BitDense)
+            and m.spec.weight != "none"]
+  assert [s["layer"] for s in stats] == ["/".join(map(str, p)) for p, _ in layers]
+  codes, scale = quantize_weight(layers[0][1].kernel.get_value(), "absmean")
+  assert stats[0]["scale"] == pytest.approx(float(scale))
+  assert stats[0]["share_zero"] == pytest.approx(float((np.asarray(codes) == 0).mean()))
+  assert all(s["share_minus"] + s["share_zero"] + s["share_plus"] == pytest.approx(1) for s in stats)
+  assert weight_code_stats(small_decoder("bf16", 0)) == []
+  a = rng.normal(size=(2, 3, 5)).astype(np.float32)
+  b = a.copy()
+  b[0, 0] += np.array([0, 0, 0, 0, 10], np.float32)  # one position's argmax flips
+  agree = logit_agreement(a, b)
+  assert agree["max_abs"] == pytest.approx(10)
+  assert agree["max_rel"] == pytest.approx(10 / np.abs(a).max())
+  assert agree["argmax_agree"] == pytest.approx(5 / 6 if a[0, 0].argmax() != 4 else 1)

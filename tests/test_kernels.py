@@ -208,3 +208,11 @@ def test_compiled_gpu_kernels_match_the_reference(rng, m):
                                           (128, 4096, False), (1024, 8192, False)])
 def test_auto_picks_the_gpu_kernel_where_it_measured_faster(m, k, expected):
   assert ops._gpu_kernel_pays(m, kernels.padded_k(k) // 16) == expected
+
+
+def test_block_layout_is_read_back_from_the_packer():
+  from bitjax.kernels.format import block_layout
+
+  layout = block_layout()
+  j, i = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+  np.testing.assert_array_equal(layout, i * 16 + j)

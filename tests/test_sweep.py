@@ -1,6 +1,7 @@
 """Sweep definitions and the runner: names, shares, skipping, resuming, refusals."""
 
 import json
+import math
 import os
 
 import pytest
@@ -201,3 +202,57 @@ def test_one_table_formatter_for_text_and_markdown():
       "  name      loss", "  --------------"]
   assert format_table(columns, rows, markdown=True) == (
       "| name | loss |\n|---|---|\n| a | 1.23 |\n| longer | 10.00 |")
+
+
+def test_cpu_sweeps_take_steps_and_sizes():
+  runs = load_sweep(f"{SWEEPS}:cpu,seeds=2,steps=7,sizes=nano+tiny")
+  assert [r.name for r in runs][:2] == ["nano-bf16-seed=0", "nano-bf16-seed=1"]
+  assert {r.group for r in runs} == {"nano", "tiny"} and len(runs) == 8
+  assert all(r.overrides["train.steps"] == 7 for r in runs)
+  assert "train.steps" not in load_sweep(f"{SWEEPS}:cpu")[0].overrides
+  with pytest.raises(ValueError, match=r"\['small'\] not in preset cpu's"):
+    load_sweep(f"{SWEEPS}:cpu,sizes=nano+small")
+
+
+def test_committed_results_csv_reads_back_as_rows_an_analysis_takes(tmp_path):
+  """A results.csv without its runs (experiments/*) gives rows with labels and groups
+  rebuilt; several seeds per cell are averaged by the scaling analysis."""
+  from bitjax.sweep import scaling, seed_table
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rows = runner.sweep_rows(os.path.join(root, "experiments", "small_models"))
+  assert all(isinstance(r["eval_accuracy"], float) for r in rows if "eval_accuracy" in r)
+  cells = seed_table.seed_cells(rows)
+  assert {c["seeds"] for c in cells} == {3}
+  assert any(c["setting"] == "dataset=csbm, architecture=sgc" for c in cells)
+  rows = runner.read_results_csv(os.path.join(root, "experiments", "scaling", "results.csv"))
+  assert {r["group"] for r in rows} >= {"nano", "micro", "tiny"}
+  # The same rows with a second seed each: one point per cell, with a spread.
+  seeded = [*rows, *({**r, "seed": 1, "eval_loss": r["eval_loss"] + 0.01} for r in rows)]
+  runner.write_csv(seeded, str(tmp_path / "results.csv"))
+  summary = scaling.summarize(runner.sweep_rows(str(tmp_path)), bootstrap=0)
+  assert set(summary["bf16"]["seeds"]) == {2}
+  assert all(s > 0 for s in summary["bf16"]["eval_loss_std"])
+  with pytest.raises(ValueError, match="neither finished runs"):
+    runner.sweep_rows(str(tmp_path / "nothing"))
+
+
+def test_published_ratios_beside_ours(tmp_path):
+  from bitjax.sweep import papers, plots, scaling
+
+  published = papers.b158_perplexity_ratios()
+  assert [p["size"] for p in published] == ["700M", "1.3B", "3B"]
+  assert published[0]["ratio"] == pytest.approx(12.87 / 12.33)
+  rows = [{"name": f"{g}-{p}", "group": g, "precision": p, "non_embedding_params": n,
+           "tokens": 1e6, "train_flops": 1e12, "weight_memory_bits": n * (16 if p == "bf16" else 2),
+           "eval_loss": loss}
+          for g, n, losses in (("a", 1e5, (2.0, 2.1)), ("b", 2e5, (1.9, 1.95)))
+          for p, loss in zip(("bf16", "b1.58"), losses)]
+  ours = papers.perplexity_ratios(scaling.summarize(rows, bootstrap=0))
+  assert [o["size"] for o in ours] == ["a", "b"]
+  assert ours[0]["ratio"] == pytest.approx(math.exp(0.1))
+  paths = plots.plot_ratio_beside_papers(ours, published, str(tmp_path), ours_label="ours",
+                                         published_label="paper")
+  assert [os.path.basename(p) for p in paths] == ["ratio_beside_papers.png",
+                                                  "ratio_beside_papers.svg"]
+  assert all(os.path.getsize(p) > 0 for p in paths)

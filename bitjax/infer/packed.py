@@ -15,6 +15,7 @@ import dataclasses
 import os
 import zipfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -23,7 +24,7 @@ from bitjax.kernels import FORMAT_NAME, pack_base3, pack_ternary, unpack_base3, 
 from bitjax.kernels.ops import keeps_unpacked, target_platform
 from bitjax.models.transformer import convert_layers
 from bitjax.nn import BitDense
-from bitjax.quant.quantizers import packable_weight_quantizers
+from bitjax.quant.quantizers import packable_weight_quantizers, quantize_weight
 
 BF16_BYTES = 2
 UNPACKED_MEMORY_SHARE = 0.5  # unpacked copies may take up to this share of free host memory
@@ -187,3 +188,42 @@ def _read_packed_layers(stored, layers: dict[str, BitDense], path: str):
       raise ValueError(f"{path}: layer {name}: {e}") from None
     weights[name] = codes, scale
   return weights
+
+
+def logit_agreement(reference: jax.Array, served: jax.Array) -> dict[str, float]:
+  """How far a packed model's logits are from the training-mode model's on the same tokens:
+  the largest absolute difference, that relative to the largest |reference logit|, the mean
+  absolute difference, and the share of positions whose argmax (the greedy token) agrees.
+  The two differ by design: serving quantizes activations to int8 codes summed exactly,
+  training multiplies the dequantized values in the compute dtype."""
+  reference = np.asarray(reference, np.float32)
+  served = np.asarray(served, np.float32)
+  if reference.shape != served.shape:
+    raise ValueError(f"logits of shapes {reference.shape} and {served.shape} do not compare")
+  diff = np.abs(served - reference)
+  return {"max_abs": float(diff.max()),
+          "max_rel": float(diff.max() / np.abs(reference).max()),
+          "mean_abs": float(diff.mean()),
+          "argmax_agree": float((served.argmax(-1) == reference.argmax(-1)).mean())}
+
+
+def weight_code_stats(model: nnx.Module) -> list[dict]:
+  """Per quantized BitDense layer in training mode (path, shape): the weight quantizer's
+  scale (its mean when per channel) and the share of codes equal to -1, 0 and +1, i.e.
+  what quantize_weight makes of the latent weights right now."""
+  stats = []
+  for path, module in nnx.iter_modules(model):
+    if not (isinstance(module, BitDense) and module.mode == "train"
+            and module.spec.weight != "none"):
+      continue
+    kernel = module.kernel.get_value()
+    if kernel.ndim != 2:
+      raise ValueError(f"layer {'/'.join(map(str, path))}: kernel of shape {kernel.shape}; "
+                       "unstack scanned blocks first (bitjax.models convert_layers)")
+    codes, scale = quantize_weight(kernel, module.spec.weight)
+    codes = np.asarray(codes)
+    stats.append({"layer": "/".join(map(str, path)), "shape": tuple(kernel.shape),
+                  "scale": float(np.mean(np.asarray(scale))),
+                  **{f"share_{name}": float((codes == value).mean())
+                     for name, value in (("minus", -1), ("zero", 0), ("plus", 1))}})
+  return stats

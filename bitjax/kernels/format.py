@@ -110,3 +110,17 @@ def unpack_base3(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   powers = 3 ** np.arange(BASE3_PER_BYTE, dtype=np.uint16)
   digits = (packed[:, None].astype(np.uint16) // powers) % 3
   return digits.reshape(-1)[:size].reshape(shape).astype(np.int8)
+
+
+def block_layout() -> np.ndarray:
+  """Where pack_ternary puts each weight row of a block, read back from packed words:
+  a (ROWS_PER_BLOCK, CODES_PER_WORD) array whose [j, i] is the weight row held in bits
+  2i, 2i+1 of word row j. Found by packing a (256, 256) matrix whose column n is +1 at
+  row n only and locating every +1 code (2), so it shows the packer, not this docstring."""
+  one_hot = jnp.eye(K_BLOCK, dtype=jnp.int8)
+  words = np.asarray(pack_ternary(ternary_to_codes(one_hot)))  # (16, 256)
+  layout = np.full((ROWS_PER_BLOCK, CODES_PER_WORD), -1, np.int64)
+  for slot in range(CODES_PER_WORD):
+    word_rows, columns = np.nonzero(np.asarray(ternary_slot(jnp.asarray(words), slot)) == 1)
+    layout[word_rows, slot] = columns
+  return layout

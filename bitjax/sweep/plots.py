@@ -269,3 +269,26 @@ def plot_task_comparison(cells: list[dict], out_dir: str) -> list[str]:
   fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center",
              ncols=len(precisions))
   return _save(fig, out_dir, "small_models")
+
+
+def plot_ratio_beside_papers(ours: list[dict], published: list[dict], out_dir: str,
+                             *, ours_label: str, published_label: str) -> list[str]:
+  """The b1.58 / BF16 perplexity ratio against parameters: ours (bitjax.sweep.papers
+  perplexity_ratios: size, params, ratio; seed means) beside a paper's published points
+  (b158_perplexity_ratios), in two marker styles on one log axis, with 1 (parity) drawn.
+  The two sets differ in scale, data and training length; the labels say whose is whose."""
+  fig = Figure(figsize=FIGSIZE, layout="constrained")
+  ax = fig.add_subplot()
+  for points, label, color, marker in ((ours, ours_label, STYLES["b1.58"][0], "s"),
+                                       (published, published_label, "#555555", "*")):
+    xs, ys = [p["params"] for p in points], [p["ratio"] for p in points]
+    ax.plot(xs, ys, marker=marker, color=color, label=label, markersize=9)
+    for p in points:
+      ax.annotate(p["size"], (p["params"], p["ratio"]), textcoords="offset points",
+                  xytext=(4, 6), fontsize=8)
+  ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+  ax.set_xscale("log")
+  _decorate(ax, "b1.58 / BF16 perplexity at the same size (below 1: b1.58 better)",
+            "parameters", "perplexity ratio b1.58 / BF16")
+  ax.legend(fontsize=8)
+  return _save(fig, out_dir, "ratio_beside_papers")

@@ -243,3 +243,51 @@ def read_curves(workdir: str, names) -> dict[str, list[dict]]:
   from bitjax.train.metrics import read_metrics
 
   return {name: read_metrics(os.path.join(workdir, name)) for name in names}
+
+
+def _csv_value(text: str):
+  """A CSV cell as written by write_csv: int, float, bool or the string itself."""
+  if text in ("True", "False"):
+    return text == "True"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def read_results_csv(path: str) -> list[dict]:
+  """Result rows back from a results.csv (local or gs://), e.g. a committed one whose run
+  folders are not at hand: numbers parsed, empty cells dropped, and the fields an analysis
+  needs that the CSV does not hold rebuilt: `labels` (the config argument's key=value
+  pairs and the seed, as make_runs labels a run) and `group` (run_group of those labels)."""
+  rows = []
+  for record in csv.DictReader(io.StringIO(files.read_text(path))):
+    row = {k: _csv_value(v) for k, v in record.items() if v not in ("", None)}
+    if "labels" not in row:
+      _, _, arg = str(row.get("config_spec", "")).partition(":")
+      labels = dict(item.split("=", 1) for item in arg.split(",") if "=" in item)
+      if "seed" in row:
+        labels["seed"] = row["seed"]
+      row["labels"] = labels
+    if "group" not in row:
+      row["group"] = run_group(row["labels"], {})
+    rows.append(row)
+  if not rows:
+    raise ValueError(f"{path!r} holds no result rows")
+  return rows
+
+
+def sweep_rows(workdir: str) -> list[dict]:
+  """The result rows of a sweep workdir (local or gs://): from its runs' result.json files
+  when it holds any, else from its results.csv (read_results_csv), as a results folder
+  committed without its runs (experiments/scaling, experiments/small_models) holds."""
+  if files.isdir(workdir) and any(files.exists(os.path.join(workdir, name, RESULT_FILE))
+                                  for name in files.listdir(workdir)):
+    return collect_results(workdir)
+  path = os.path.join(workdir, RESULTS_CSV)
+  if not files.exists(path):
+    raise ValueError(f"{workdir!r} holds neither finished runs (*/{RESULT_FILE}) nor "
+                     f"{RESULTS_CSV}")
+  return read_results_csv(path)

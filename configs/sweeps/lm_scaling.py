@@ -4,7 +4,9 @@ Presets:
   cpu             nano, micro, tiny x bf16, b1.58 (the README main job)
   cpu_large       nano .. small (45x in non-embedding parameters) x bf16, b1.58, 1bit
                   (experiments/scaling)
-                  Both train every run for 300 steps of 16 x 128 bytes (0.61M tokens).
+                  Both train every run for 300 steps of 16 x 128 bytes (0.61M tokens);
+                  `steps=S` trains S steps instead and `sizes=nano+micro` keeps only those
+                  sizes (a short sweep: colab/03_scaling_curves).
   cpu_equal_tokens  nano, micro, tiny x bf16, b1.58, each trained on `tpp` (default 2)
                   tokens per non-embedding parameter, so no size is undertrained relative to
                   another (experiments/scaling runs it with seeds=3)
@@ -33,12 +35,14 @@ from bitjax.train.config import ConfigError, load_config, parse_config_arg, reso
 
 # configs/lm.py, relative to the working directory so results name it portably.
 LM = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lm.py"))
-PRESETS = ("cpu", "cpu_large", "cpu_equal_tokens", "cpu_chinchilla", "paper", "paper_chinchilla", "cpu_tokenizers")
+PRESETS = ("cpu", "cpu_large", "cpu_equal_tokens", "cpu_chinchilla", "paper", "paper_chinchilla",
+           "cpu_tokenizers")
 BPE_DIR = os.path.join("runs", "bpe1024")  # where the cpu_tokenizers preset's BPE is made
 
 
 def get_sweep(arg=None):
-  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR, tpp=2.0)
+  args = parse_config_arg(arg, preset="cpu", seeds=1, bpe=BPE_DIR, steps=0, sizes="",
+                          tpp=2.0)
   if args.preset not in PRESETS:
     raise ValueError(f"sweep preset {args.preset!r} is not one of {list(PRESETS)}")
   seeds = list(range(args.seeds))
@@ -46,11 +50,20 @@ def get_sweep(arg=None):
     return tokenizer_runs(args.bpe, seeds)
   if args.preset in ("cpu", "cpu_large"):
     large = args.preset == "cpu_large"
-    items = product(size=["nano", "micro", "tiny", *(["mini", "small"] if large else [])],
+    sizes = ["nano", "micro", "tiny", *(["mini", "small"] if large else [])]
+    if args.sizes:
+      unknown = sorted(set(args.sizes.split("+")) - set(sizes))
+      if unknown:
+        raise ValueError(f"sizes={args.sizes!r}: {unknown} not in preset {args.preset}'s {sizes}")
+      sizes = [size for size in sizes if size in args.sizes.split("+")]
+    if args.steps < 0:
+      raise ValueError(f"steps={args.steps} must be positive (0: the configs' 300)")
+    steps = {"train.steps": args.steps} if args.steps else {}
+    items = product(size=sizes,
                     precision=["bf16", "b1.58", *(["1bit"] if large else [])],
                     **{"train.seed": seeds})
     # Half-length windows keep CPU sweeps short; the cpu runs are a subset of cpu_large.
-    return make_runs(LM, items, shared={"train.seq_len": 128})
+    return make_runs(LM, items, shared={"train.seq_len": 128, **steps})
   if args.preset == "cpu_equal_tokens":
     if not args.tpp > 0:
       raise ConfigError(f"cpu_equal_tokens: tpp={args.tpp!r} must be a positive number of "
