@@ -68,17 +68,40 @@ def _epath(path):
   return epath.Path(path)
 
 
+def _fsspec(path):
+  """The fsspec filesystem (gcsfs for gs://) that etils.epath reads and writes `path`
+  with when it does not go through tf.io.gfile: one client, so that its own writes keep
+  its caches current."""
+  from etils.epath import backend
+
+  return backend.fsspec_backend.fs(path)
+
+
+def _fresh(path):
+  """epath.Path of a URL, for a read that must see what other processes wrote: gcsfs
+  keeps every listing it made (and answers exists, isdir, listdir and a file's size from
+  it) for the life of the process, and a workdir is written by other processes too (a
+  shared sweep's claims and results; a resumed run's files), so the client's cached
+  listings of the path and its parents are dropped first."""
+  from etils.epath import backend
+
+  epath = _epath(path)
+  if epath._backend is backend.fsspec_backend:  # tf.io.gfile caches nothing
+    _fsspec(path).invalidate_cache(os.fspath(path))
+  return epath
+
+
 def absolute(path: str) -> str:
   """os.path.abspath for local paths; URLs unchanged (abspath would mangle them)."""
   return path if is_remote(path) else os.path.abspath(path)
 
 
 def exists(path: str) -> bool:
-  return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+  return _fresh(path).exists() if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-  return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+  return _fresh(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
 def makedirs(path: str) -> None:
@@ -92,20 +115,20 @@ def makedirs(path: str) -> None:
 def listdir(path: str) -> list[str]:
   """Names of the entries directly under `path` (files and directories)."""
   if is_remote(path):
-    return [p.name for p in _epath(path).iterdir()]
+    return [p.name for p in _fresh(path).iterdir()]
   return os.listdir(path)
 
 
 def read_bytes(path: str) -> bytes:
   if is_remote(path):
-    return _epath(path).read_bytes()
+    return _fresh(path).read_bytes()
   with open(path, "rb") as f:
     return f.read()
 
 
 def read_text(path: str) -> str:
   if is_remote(path):
-    return _epath(path).read_bytes().decode("utf-8")
+    return _fresh(path).read_bytes().decode("utf-8")
   with open(path, encoding="utf-8") as f:
     return f.read()
 
@@ -174,13 +197,14 @@ def create_exclusive(path: str, text: str) -> bool:
     if not path.startswith("gs://"):
       raise WorkdirError(f"{path!r}: creating a file only if absent works on local paths "
                          "and gs:// URLs")
-    import fsspec
-
-    fs = fsspec.filesystem("gs")
+    fs = _fsspec(path)
     try:
       fs.pipe_file(path, text.encode("utf-8"), mode="create")
     except FileExistsError:
-      return fs.cat_file(path) == text.encode("utf-8")
+      try:
+        return fs.cat_file(path) == text.encode("utf-8")
+      except FileNotFoundError:  # removed since (a claim released): not made by this call
+        return False
     return True
   directory, name = os.path.split(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -242,7 +266,7 @@ class RewrittenObject:
 
   def __init__(self, path: str):
     self.path = path
-    self._epath = _epath(path)
+    self._epath = _fresh(path)
     # Anything but "not there yet" (a permission or network error) propagates: starting
     # empty would overwrite the records already there at the first flush.
     self._text = io.StringIO()

@@ -38,11 +38,16 @@ def test_create_exclusive_creates_once_whole_and_leaves_no_temporary_file(tmp_pa
   assert sorted(os.listdir(tmp_path)) == ["claim.json", "raced.json"]
 
 
+def make_claim(run_dir, epoch=0, host="otherhost", pid=12345, age=0.0):
+  """The claim of epoch `epoch` on `run_dir` by host:pid, its heartbeat `age` s ago."""
+  beat = time.time() - age
+  return claims.Claim(os.path.join(run_dir, claims.CLAIMS_DIR, f"{epoch}.json"), epoch, host,
+                      pid, beat, beat, f"token{epoch}")
+
+
 def write_claim(run_dir, epoch=0, host="otherhost", pid=12345, age=0.0):
   os.makedirs(os.path.join(run_dir, claims.CLAIMS_DIR), exist_ok=True)
-  beat = time.time() - age
-  claim = claims.Claim(os.path.join(run_dir, claims.CLAIMS_DIR, f"{epoch}.json"), epoch, host,
-                       pid, beat, beat, f"token{epoch}")
+  claim = make_claim(run_dir, epoch, host, pid, age)
   with open(claim.path, "w") as f:
     f.write(claim.text())
   return claim
@@ -192,31 +197,51 @@ run()
 """
 
 
+def start_sweeps(sweep, workdir, env, count=2):
+  """`count` processes running `bitjax sweep` of `sweep` on one `workdir` together."""
+  return [subprocess.Popen([sys.executable, "-c", SHARED_SWEEP, f"--config={sweep}",
+                            f"--workdir={workdir}", "--claim_timeout=60"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=ROOT, env=env) for _ in range(count)]
+
+
+def finish(processes):
+  """Each process's (stdout, stderr), once all have exited 0."""
+  outputs = [process.communicate(timeout=600) for process in processes]
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  return outputs
+
+
+def assert_each_run_trained_once(outputs, sweep, workdir, local, steps):
+  """The sweep processes' `outputs` show every run of `sweep` trained by exactly one of
+  them, in one session of `steps` steps (one metrics record per step), no claim left, and
+  each printed the report of every run. `workdir` as given to them; `local`: its files (a
+  gs:// workdir downloaded, where a folder whose last object went is absent)."""
+  names = [run.name for run in load_sweep(sweep)]
+  trained = [line.split(": ")[0].split()[-1] for stdout, _ in outputs
+             for line in stdout.splitlines() if line.endswith(": training")]
+  assert sorted(trained) == sorted(names), [stdout for stdout, _ in outputs]
+  for name in names:
+    records = [json.loads(line) for line in open(os.path.join(local, name, "metrics.jsonl"))]
+    assert len(records) == len({(r["step"], r["split"]) for r in records})
+    with open(os.path.join(local, name, "summary.json")) as f:
+      assert json.load(f)["steps_this_session"] == steps
+    claims_dir = os.path.join(local, name, claims.CLAIMS_DIR)
+    assert not os.path.exists(claims_dir) or os.listdir(claims_dir) == []
+  for stdout, _ in outputs:
+    lines = stdout.splitlines()
+    last = max(i for i, line in enumerate(lines) if re.match(rf"\[\d/{len(names)}\] ", line))
+    report = "\n".join(lines[last + 1:])
+    assert all(name in report for name in names), stdout
+    assert f"results: {workdir}/results.csv" in report
+
+
 def test_two_processes_share_one_sweep_and_train_each_run_once(tmp_path):
   sweep = write_sweep(tmp_path, tmp_path / "tfds", precisions=("bf16", "b1.58"))
   workdir = tmp_path / "runs"
   first = load_sweep(sweep)[0]  # the corpus built once, here (two builds would race)
   bitjax.data.data_source(load_config(first.config, first.overrides).data, "train")
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-  processes = [subprocess.Popen([sys.executable, "-c", SHARED_SWEEP, f"--config={sweep}",
-                                 f"--workdir={workdir}", "--claim_timeout=60"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=ROOT, env=env) for _ in range(2)]
-  outputs = [process.communicate(timeout=600) for process in processes]
-  for process, (_, stderr) in zip(processes, outputs):
-    assert process.returncode == 0, stderr[-3000:]
-  names = [run.name for run in load_sweep(sweep)]
-  trained = [line.split(": ")[0].split()[-1] for stdout, _ in outputs
-             for line in stdout.splitlines() if line.endswith(": training")]
-  assert sorted(trained) == sorted(names), [stdout for stdout, _ in outputs]
-  for name in names:  # one session per run, one record per step
-    records = [json.loads(line) for line in open(workdir / name / "metrics.jsonl")]
-    assert len(records) == len({(r["step"], r["split"]) for r in records})
-    assert json.loads((workdir / name / "summary.json").read_text())["steps_this_session"] == 6
-    assert os.listdir(workdir / name / claims.CLAIMS_DIR) == []
-  for stdout, _ in outputs:  # both end with the report of every run
-    lines = stdout.splitlines()
-    last = max(i for i, line in enumerate(lines) if re.match(r"\[\d/2\] ", line))
-    report = "\n".join(lines[last + 1:])
-    assert all(name in report for name in names), stdout
-    assert f"results: {workdir / 'results.csv'}" in report
+  outputs = finish(start_sweeps(sweep, workdir, env))
+  assert_each_run_trained_once(outputs, sweep, workdir, workdir, steps=6)

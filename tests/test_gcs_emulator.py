@@ -23,7 +23,10 @@ import urllib.request
 
 import pytest
 
-from test_faults import LM_CONFIG, ROOT, assert_same_state, cli_args, losses
+import test_sweep
+from test_claims import assert_each_run_trained_once, finish, make_claim, start_sweeps
+from test_faults import ROOT, assert_same_state, cli_args, losses
+from bitjax.sweep import claims
 from bitjax.train.metrics import read_metrics
 from bitjax.train.trainer import EXIT_INTERRUPTED
 
@@ -211,18 +214,12 @@ def test_gs_run_survives_sigterm_and_kill_9_and_ends_bitwise_equal_to_a_local_ru
   assert fs.ls(f"{run}/tensorboard")  # each session's events uploaded
 
 
-def write_sweep(tmp_path):
-  shared = {"train.seq_len": 32, "train.batch_size": 4, "train.steps": 4,
-            "train.eval_every": 4, "train.eval_batches": 1, "train.log_every": 2,
-            "train.checkpoint_every": 4, "train.progress_bar": False,
-            "model.compute_dtype": "float32"}
-  path = tmp_path / "sweep.py"
-  path.write_text(
-      "from bitjax.sweep.spec import make_runs, product\n"
-      "def get_sweep(arg=None):\n"
-      f"  return make_runs({LM_CONFIG!r}, product(size=['nano'], precision=['b1.58']),"
-      f" shared={shared!r})\n")
-  return str(path)
+def write_sweep(tmp_path, precisions=("b1.58",)):
+  """test_sweep's tiny sweep at four steps (one checkpoint, at the end), on the config's
+  data_dir."""
+  return test_sweep.write_sweep(tmp_path, None, precisions, **{
+      "train.steps": 4, "train.eval_every": 4, "train.log_every": 2,
+      "train.checkpoint_every": 4, "model.compute_dtype": "float32"})
 
 
 def test_sweep_then_plot_in_a_gs_workdir(emulator, bucket, tmp_path):
@@ -249,6 +246,108 @@ def test_sweep_then_plot_in_a_gs_workdir(emulator, bucket, tmp_path):
   for png in pngs:
     assert fs.cat(png).startswith(b"\x89PNG\r\n\x1a\n")
     assert f"{png.removesuffix('.png')}.svg" in plots
+
+
+RACE = textwrap.dedent("""
+    import json, os, sys, threading, time
+    from bitjax import files
+    go, paths = sys.argv[1], sys.argv[2:]
+    files.exists(paths[0])  # the client's session set up before the race
+    made = []
+    def create(path, text):
+      if files.create_exclusive(path, text):
+        made.append([path, text])
+    threads = [threading.Thread(target=create, args=(path, f"{os.getpid()}.{i}\\n"))
+               for i in range(4) for path in paths]
+    print("ready", flush=True)
+    while not os.path.exists(go):
+      time.sleep(0.005)
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+    print(json.dumps(made))
+""")
+
+
+def test_create_exclusive_lets_exactly_one_of_racing_processes_create_an_object(
+    emulator, bucket, tmp_path):
+  """files.create_exclusive, which sweep claims rest on, against a real GCS API: 4
+  processes of 4 threads race for each of three new objects, and for one that exists."""
+  name, fs = bucket
+  fs.pipe(f"{name}/taken.json", b"theirs\n")
+  paths = [f"gs://{name}/claims/{i}.json" for i in range(3)]
+  go = tmp_path / "go"
+  racers = [subprocess.Popen([sys.executable, "-c", RACE, str(go), *paths,
+                              f"gs://{name}/taken.json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(emulator))
+            for _ in range(4)]
+  for racer in racers:
+    assert racer.stdout.readline() == "ready\n", racer.communicate()[1][-3000:]
+  go.touch()
+  made = []
+  for racer in racers:
+    stdout, stderr = racer.communicate(timeout=120)
+    assert racer.returncode == 0, stderr[-3000:]
+    made += json.loads(stdout)
+  assert sorted(path for path, _ in made) == paths, made  # one creator per new object
+  fs.invalidate_cache()
+  for path, text in made:  # holding the creator's text
+    assert fs.cat(path.removeprefix("gs://")).decode() == text
+  assert fs.cat(f"{name}/taken.json") == b"theirs\n"
+
+
+def test_two_sweep_processes_share_a_gs_workdir_and_take_over_a_stale_claim(
+    emulator, bucket, tmp_path):
+  """Two `bitjax sweep` processes on one gs:// workdir: each run trains once, in one of
+  them; a claim another host left (its heartbeat an hour old) is taken over by one."""
+  name, fs = bucket
+  sweep = write_sweep(tmp_path, ("bf16", "b1.58"))
+  workdir = f"gs://{name}/sweep"
+  stale = make_claim(f"{name}/sweep/nano-b1.58", age=3600.0)
+  fs.pipe(stale.path, stale.text().encode())
+  outputs = finish(start_sweeps(sweep, workdir, env(emulator)))
+  took_over = [line for stdout, _ in outputs for line in stdout.splitlines()
+               if "took over the claim of otherhost:12345 (heartbeat " in line]
+  assert len(took_over) == 1 and took_over[0].startswith("[2/2] nano-b1.58: "), outputs
+  assert took_over[0].endswith(" s ago, over the timeout of 60 s)")
+  assert_each_run_trained_once(outputs, sweep, workdir,
+                               download(fs, f"{name}/sweep", tmp_path / "sweep"), steps=4)
+  assert not fs.exists(f"{name}/sweep/nano-b1.58/{claims.CLAIMS_DIR}")  # tidied, released
+
+
+REACQUIRE = textwrap.dedent("""
+    import sys
+    from bitjax.sweep import claims
+    run_dir = sys.argv[1]
+    print(claims.acquire(run_dir, 60.0, print).owner, flush=True)  # another's live claim
+    sys.stdin.readline()  # meanwhile the other process released it
+    held = claims.acquire(run_dir, 60.0, print)
+    print(type(held).__name__, held.claim.epoch, flush=True)
+    held.release()
+""")
+
+
+def test_a_claim_released_by_another_process_is_seen_gone(emulator, bucket):
+  """gcsfs answers from listings it made earlier in the process unless told not to: a
+  sweep process that saw a run claimed must see the claim gone once its holder released it
+  unfinished (an interrupted run), and claim the run, rather than look for it forever."""
+  name, fs = bucket
+  other = make_claim(f"{name}/run")
+  fs.pipe(other.path, other.text().encode())
+  process = subprocess.Popen([sys.executable, "-c", REACQUIRE, f"gs://{name}/run"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(emulator))
+  try:
+    assert process.stdout.readline() == "otherhost:12345\n", process.communicate()[1][-3000:]
+    fs.rm(other.path)
+    stdout, stderr = process.communicate("\n", timeout=60)
+  finally:
+    process.kill()
+  assert process.returncode == 0, stderr[-3000:]
+  assert stdout == "HeldClaim 0\n"
+  fs.invalidate_cache()
+  assert not fs.exists(f"{name}/run/{claims.CLAIMS_DIR}")
 
 
 def gcsfs_retry_wait_s() -> float:

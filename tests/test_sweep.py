@@ -57,10 +57,14 @@ def test_task_shares_partition_the_runs():
     runner.task_share(runs, 4, 4)
 
 
-def write_sweep(tmp_path, data_dir, precisions=("bf16", "b1.58", "1bit")):
-  shared = {"data.data_dir": str(data_dir), "train.seq_len": 32, "train.batch_size": 4,
-            "train.steps": 6, "train.eval_every": 6, "train.eval_batches": 1,
-            "train.log_every": 3, "train.checkpoint_every": 3, "train.progress_bar": False}
+def write_sweep(tmp_path, data_dir, precisions=("bf16", "b1.58", "1bit"), **overrides):
+  """tmp_path/sweep.py: configs/lm.py:nano in each of `precisions`, six steps of batch 4
+  (checkpoints at 3 and 6), with `overrides` ({"train.steps": 4}) on top; data_dir None
+  keeps the config's own data_dir. Returns its path."""
+  shared = {**({} if data_dir is None else {"data.data_dir": str(data_dir)}),
+            "train.seq_len": 32, "train.batch_size": 4, "train.steps": 6,
+            "train.eval_every": 6, "train.eval_batches": 1, "train.log_every": 3,
+            "train.checkpoint_every": 3, "train.progress_bar": False, **overrides}
   path = tmp_path / "sweep.py"
   path.write_text(
       "from bitjax.sweep.spec import make_runs, product\n"

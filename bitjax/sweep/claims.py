@@ -85,11 +85,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _epochs(run_dir: str) -> list[int]:
-  directory = os.path.join(run_dir, CLAIMS_DIR)
-  if not files.isdir(directory):
+  try:
+    names = files.listdir(os.path.join(run_dir, CLAIMS_DIR))
+  except FileNotFoundError:  # no claim yet, or (in an object store) the last one just removed
     return []
-  return sorted(int(name[:-5]) for name in files.listdir(directory)
-                if name.endswith(".json") and name[:-5].isdigit())
+  return sorted(int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit())
 
 
 def _path(run_dir: str, epoch: int) -> str:
