@@ -146,3 +146,25 @@ def test_matching_param_ratio_by_hand():
     matching_param_ratio(ref, fit_with(20.0, 0.0, 1.0), [1e2])
   with pytest.raises(ValueError, match=r"n_ref must be finite positive"):
     matching_param_ratio(ref, other, [0.0])
+
+
+def test_seed_bootstrap_gives_three_sizes_intervals_that_follow_the_seed_noise(rng):
+  n = np.array([1e5, 3e5, 1e6])
+  truth = 30.0 * n**-0.2
+
+  def fit(noise, seeds):
+    seed_losses = [t * np.exp(rng.normal(0, noise, seeds)) for t in truth]
+    means = np.array([values.mean() for values in seed_losses])
+    return fit_power_law(n, means, offset=False, bootstrap=100, seed_losses=seed_losses)
+
+  assert fit_power_law(n, truth, offset=False).intervals == {}  # one seed: nothing to resample
+  quiet, noisy = fit(0.002, 4), fit(0.05, 4)
+  for result in (quiet, noisy):
+    lo, hi = result.intervals["alpha"]
+    assert set(result.intervals) == {"a", "alpha"} and lo <= result.alpha <= hi
+  width = lambda result: np.subtract(*result.intervals["alpha"][::-1])
+  assert width(noisy) > 5 * width(quiet)
+  same = fit_power_law(n, truth, offset=False, seed_losses=[np.full(3, t) for t in truth])
+  np.testing.assert_allclose(same.intervals["alpha"], (same.alpha, same.alpha), rtol=1e-6)
+  with pytest.raises(ValueError, match="each point's seed losses must average to its loss"):
+    fit_power_law(n, truth, offset=False, seed_losses=[np.array([t, 2 * t]) for t in truth])

@@ -171,8 +171,21 @@ def _bootstrap(fit_points, num_points, enough, bootstrap, seed):
           for k in samples[0]}
 
 
+def _seed_bootstrap(refit_losses, seed_losses, bootstrap, seed):
+  """95% percentile intervals of the coefficients when each point's seeds are resampled
+  (with replacement, within the point) and the point is their mean: the spread a rerun with
+  other seeds could give, also where the sizes are too few for resampling points."""
+  rng = np.random.default_rng(seed)
+  samples = [refit_losses(np.array([rng.choice(values, len(values)).mean()
+                                    for values in seed_losses]))
+             for _ in range(bootstrap)]
+  return {k: tuple(float(q) for q in np.percentile([s[k] for s in samples], [2.5, 97.5]))
+          for k in samples[0]}
+
+
 def fit_power_law(n, loss, *, offset: bool = True, n_starts: int = 25, bootstrap: int = 200,
-                  seed: int = 0, huber_delta: float = HUBER_DELTA) -> PowerLawFit:
+                  seed: int = 0, huber_delta: float = HUBER_DELTA,
+                  seed_losses=None) -> PowerLawFit:
   """Fit L(N) = a * N^(-alpha) + c, or the pure power law a * N^(-alpha) with offset=False.
 
   Needs one more distinct N than fitted coefficients: 4 with the offset c, 3 without (a pure
@@ -180,7 +193,9 @@ def fit_power_law(n, loss, *, offset: bool = True, n_starts: int = 25, bootstrap
   `n_starts` is about how many starts the grid over (alpha, c) has; bootstrap refits start
   from the full-data optimum. Repeated N (several seeds) are fine and count as points.
   With only the minimum number of distinct N, every usable resample holds them all and
-  merely reweights them, so no intervals are given.
+  merely reweights them, so no intervals are given. `seed_losses` (one array per point: the
+  losses of its seeds, whose mean `loss` is) makes the bootstrap resample seeds within each
+  point instead (_seed_bootstrap), which gives intervals whenever a point has two seeds.
   """
   n, loss = _positive_vector("n", n), _positive_vector("loss", loss)
   _same_length(n=n, loss=loss)
@@ -201,13 +216,25 @@ def fit_power_law(n, loss, *, offset: bool = True, n_starts: int = 25, bootstrap
   starts = _grid_starts(z, loss, offset, n_starts)
   theta, objective = _minimise(z, np.log(loss), offset, starts, huber_delta)
 
-  def refit(idx):
-    fitted, _ = _minimise(z[idx], np.log(loss[idx]), offset, [theta], huber_delta)
+  def refit_losses(losses, idx=slice(None)):
+    fitted, _ = _minimise(z[idx], np.log(losses[idx]), offset, [theta], huber_delta)
     coefs = coefficients(fitted)
     return coefs if offset else {k: coefs[k] for k in ("a", "alpha")}
 
-  intervals = _bootstrap(refit, len(n), lambda idx: len(np.unique(n[idx])) >= needed,
-                         bootstrap, seed) if bootstrap and distinct > needed else {}
+  if seed_losses is not None:
+    seed_losses = [_positive_vector("seed_losses", values) for values in seed_losses]
+    _same_length(loss=loss, seed_losses=seed_losses)
+    if not np.allclose([values.mean() for values in seed_losses], loss, rtol=1e-9):
+      raise ValueError("seed_losses: each point's seed losses must average to its loss")
+  if not bootstrap:
+    intervals = {}
+  elif seed_losses is not None and max(map(len, seed_losses)) > 1:
+    intervals = _seed_bootstrap(refit_losses, seed_losses, bootstrap, seed)
+  elif distinct > needed:
+    intervals = _bootstrap(lambda idx: refit_losses(loss, idx), len(n),
+                           lambda idx: len(np.unique(n[idx])) >= needed, bootstrap, seed)
+  else:
+    intervals = {}
   return PowerLawFit(**coefficients(theta), intervals=intervals, num_points=len(n),
                      objective=objective, form=POWER_LAW if offset else PURE_POWER_LAW)
 

@@ -46,7 +46,8 @@ def _points(rows, reference: str) -> dict[str, list[dict]]:
   """Per precision (reference first), one point per (group, tokens), ordered by N.
 
   A point holds the seed means of the row numbers, the seed standard deviation of the
-  loss (`eval_loss_std`, 0 for one seed) for error bars, and the number of seeds.
+  loss (`eval_loss_std`, 0 for one seed) for error bars, the number of seeds and each
+  seed's loss (`eval_losses`, for the fits' seed bootstrap).
   """
   if not rows:
     raise ValueError("rows must be a non-empty list of run rows")
@@ -61,7 +62,8 @@ def _points(rows, reference: str) -> dict[str, list[dict]]:
         ({"group": group, "seeds": len(runs),
           **{k: float(np.mean([r[k] for r in runs])) for k in _ROW_NUMBERS},
           "eval_loss_std": float(np.std([r["eval_loss"] for r in runs],
-                                        ddof=1 if len(runs) > 1 else 0))}
+                                        ddof=1 if len(runs) > 1 else 0)),
+          "eval_losses": [r["eval_loss"] for r in runs]}
          for (group, _), runs in groups[precision].items()),
         key=lambda p: (p["non_embedding_params"], p["tokens"]))
   return points
@@ -76,16 +78,18 @@ def _largest_budget(points: list[dict]) -> list[dict]:
   return sorted(best.values(), key=lambda p: p["non_embedding_params"])
 
 
-def _fit_sizes(x, loss, bootstrap: int, seed: int):
+def _fit_sizes(x, loss, bootstrap: int, seed: int, seed_losses=None):
   """The power law that the number of sizes allows, and a note when it is not the full one.
 
   Four or more sizes: a * x^-alpha + c. Three: the pure power law a * x^-alpha (c = 0),
-  since three points cannot pin three coefficients. Fewer: no fit.
+  since three points cannot pin three coefficients. Fewer: no fit. With `seed_losses`
+  the intervals come from resampling each size's seeds (fit.fit_power_law).
   """
   sizes = len(np.unique(x))
   if sizes < 3:
     return None, f"{sizes} size(s): no fit (a power law needs >= 3 sizes, >= 4 with c)"
-  fit = fit_power_law(x, loss, offset=sizes >= 4, bootstrap=bootstrap, seed=seed)
+  fit = fit_power_law(x, loss, offset=sizes >= 4, bootstrap=bootstrap, seed=seed,
+                      seed_losses=seed_losses)
   if sizes == 3:
     return fit, "3 sizes: c fixed at 0 (fitting c as well needs >= 4 sizes)"
   return fit, None
@@ -135,7 +139,8 @@ def summarize(rows, reference: str = "bf16", *, bootstrap: int = 200, seed: int 
       entry[key] = [p[key] for p in per_group]
     n, memory, loss = (np.asarray(entry[k]) for k in
                        ("non_embedding_params", "weight_memory_bits", "eval_loss"))
-    entry["fit"], note = _fit_sizes(n, loss, bootstrap, seed)
+    entry["fit"], note = _fit_sizes(n, loss, bootstrap, seed,
+                                    seed_losses=[p["eval_losses"] for p in per_group])
     entry["memory_fit"], _ = _fit_sizes(memory, loss, 0, seed)  # same sizes, same note
     notes = [note] if note else []
     entry.update(chinchilla=None, loss_ratio={}, difference={}, matching_ratio={},
@@ -252,7 +257,8 @@ def format_summary(summary: dict) -> str:
     raise ValueError("summary must be a non-empty summarize() result")
   reference = next(iter(summary.values()))["reference"]
   lines = ["Scaling fits: eval loss (nats/token) vs non-embedding parameters N, seeds averaged; "
-           "[95% bootstrap interval] where there are more sizes than the fit's minimum"]
+           "[95% bootstrap interval]: seeds resampled within each size where sizes have "
+           "several, else sizes resampled where there are more than the fit's minimum"]
   for precision, entry in summary.items():
     fit = entry["fit"]
     head = f"  {precision:<14}{len(entry['groups'])} sizes  "
