@@ -98,16 +98,18 @@ def format_differences(cells: list[dict], reference: str = "bf16") -> str:
 
 
 def analyze(rows: list[dict], workdir: str) -> tuple[str, list[str]]:
-  """The seed table and the differences to BF16 (also written as workdir/results.md), and
-  the paths of its plots."""
+  """The seed table and the differences to bf16 and to b1.58 (also written as
+  workdir/results.md), and the paths of its plots."""
   from bitjax.sweep import plots
 
   cells = seed_cells(rows)
   table = format_cells(cells)
-  if any(c["precision"] == "bf16" for c in cells):
-    table += ("\n\nDifference to bf16 (accuracy in points), seed means with [95% Welch "
-              "interval over seeds]; 'not distinguishable' where it contains 0:\n\n"
-              + format_differences(cells))
+  # Against 16-bit, and against BitNet's b1.58 (median scaling, the 2411.05882 layer, 1-bit).
+  for reference in ("bf16", "b1.58"):
+    if any(c["precision"] == reference for c in cells):
+      table += (f"\n\nDifference to {reference} (accuracy in points), seed means with [95% "
+                "Welch interval over seeds]; 'not distinguishable' where it contains 0:\n\n"
+                + format_differences(cells, reference))
   path = os.path.join(workdir, RESULTS_MD)
   files.write_text(path, table + "\n")
   paths = plots.plot_task_comparison(cells, os.path.join(workdir, runner.PLOTS_DIR))
