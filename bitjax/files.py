@@ -167,17 +167,28 @@ def write_atomic(path: str, text: str) -> None:
   if is_remote(path):
     write_text(path, text)
     return
+  tmp = _temporary_copy_beside(path, text)
+  try:
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)  # only this call's own temporary file
+    raise
+
+
+def _temporary_copy_beside(path: str, text: str) -> str:
+  """A new temporary file in `path`'s directory holding `text`, flushed to disk (so the
+  bytes are there before a name points at them); returns its name."""
   directory, name = os.path.split(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(text.encode("utf-8"))
       f.flush()
-      os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-    os.replace(tmp, path)
+      os.fsync(f.fileno())
   except BaseException:
-    os.unlink(tmp)  # only this call's own temporary file
+    os.unlink(tmp)
     raise
+  return tmp
 
 
 def create_exclusive(path: str, text: str) -> bool:
@@ -206,13 +217,8 @@ def create_exclusive(path: str, text: str) -> bool:
       except FileNotFoundError:  # removed since (a claim released): not made by this call
         return False
     return True
-  directory, name = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+  tmp = _temporary_copy_beside(path, text)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(text.encode("utf-8"))
-      f.flush()
-      os.fsync(f.fileno())
     os.link(tmp, path)
   except FileExistsError:
     return False

@@ -5,10 +5,11 @@ compute lives in the library, and this module only adapts it to a notebook sessi
 from __future__ import annotations
 
 import os
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
+
+from bitjax.timing import median_seconds  # noqa: F401  (the notebooks time kernels with it)
 
 FAST_ENV = "BITJAX_FAST"  # "1": the short settings the tests run every notebook with
 WORKDIR_ENV = "BITJAX_NOTEBOOK_WORKDIR"
@@ -76,20 +77,6 @@ def show(paths) -> None:
   for path in ([paths] if isinstance(paths, str) else paths):
     if str(path).endswith(".png"):
       display(Image(filename=str(path)))
-
-
-def median_seconds(fn, *args, repeats: int = 10, warmup: int = 2) -> float:
-  """Median wall time of `fn(*args)` (compiled first, results awaited) over `repeats` calls."""
-  import jax
-
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def show_figure(fig) -> None:

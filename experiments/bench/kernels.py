@@ -19,9 +19,7 @@ import argparse
 import dataclasses
 import math
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from bitjax.kernels import gpu, ops, pack_ternary, padded_k, ternary_matmul  # noqa: E402
+from bitjax.timing import median_seconds  # noqa: E402
 
 SHAPES = ((2560, 6912), (6912, 2560), (4096, 14336), (14336, 4096), (8192, 28672))
 BATCHES = (1, 16, 128, 1024)
@@ -55,23 +54,12 @@ METHODS = (
 )
 
 
-def median_seconds(fn, *args, reps: int = 20, warmup: int = 3) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def copy_bandwidth() -> float:
   """Bytes/s of `a + b` on 1 GiB bf16 arrays (2 GiB read, 1 GiB written)."""
   n = 2**29
   a = jnp.ones((n,), jnp.bfloat16)
   b = jnp.full((n,), 2, jnp.bfloat16)
-  seconds = median_seconds(jax.jit(lambda a, b: a + b), a, b)
+  seconds = median_seconds(jax.jit(lambda a, b: a + b), a, b, repeats=20, warmup=3)
   return 3 * 2 * n / seconds
 
 
@@ -123,7 +111,7 @@ def time_method(method: Method, m: int, k: int, n: int, key, **overrides) -> flo
     x = jax.random.normal(key, (m, k), jnp.bfloat16)
   fn = method_fn(method, **overrides)
   program = jax.jit(lambda x, ws: [fn(x, w) for w in ws])
-  seconds = median_seconds(program, x, weights) / count
+  seconds = median_seconds(program, x, weights, repeats=20, warmup=3) / count
   del weights
   return seconds
 
@@ -199,7 +187,7 @@ def _forward_seconds(model, inputs, call=lambda module, inputs: module(inputs)) 
   from flax import nnx
   graphdef, state = nnx.split(model)
   step = jax.jit(lambda state, inputs: call(nnx.merge(graphdef, state), inputs))
-  return median_seconds(step, state, inputs, reps=30, warmup=3)
+  return median_seconds(step, state, inputs, repeats=30, warmup=3)
 
 
 def _config_module(path: str):
