@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,17 @@ def _environ(**values):
         os.environ[k] = v
 
 
+def _platforms() -> str | None:
+  """JAX_PLATFORMS for the kernel: as set, else "cpu" on a machine with no GPU or TPU. The
+  project's machines carry libtpu (the TPU compiler, for ahead-of-time compiles) without a
+  TPU, and JAX's probe for one writes libtpu's errors into whichever cell runs first."""
+  if os.environ.get("JAX_PLATFORMS") is not None:
+    return None  # _environ leaves it as it is
+  accelerator = shutil.which("nvidia-smi") or any(
+      os.path.exists(p) for p in ("/dev/accel0", "/dev/vfio/0"))
+  return None if accelerator else "cpu"
+
+
 def execute(path: str, jupyter_path: str, *, fast: bool, workdir: str | None = None,
             timeout: int = 3600, extra_env: dict | None = None):
   """Execute the notebook at `path` in the kernel of make_kernel, from its own folder (so
@@ -88,7 +100,8 @@ def execute(path: str, jupyter_path: str, *, fast: bool, workdir: str | None = N
 
   nb = nbformat.read(path, as_version=4)
   env = {"JUPYTER_PATH": jupyter_path, "BITJAX_FAST": "1" if fast else "0",
-         "BITJAX_NOTEBOOK_WORKDIR": workdir, **(extra_env or {})}
+         "BITJAX_NOTEBOOK_WORKDIR": workdir, "JAX_PLATFORMS": _platforms(),
+         **(extra_env or {})}
   with _environ(**env):
     start = time.time()
     NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=timeout, allow_errors=True,
@@ -147,6 +160,14 @@ def main(argv=None) -> int:
     for path in paths:
       import nbformat
 
+      stem = os.path.splitext(os.path.basename(path))[0]
+      runs = os.path.join(workdir or os.path.join(COLAB, os.pardir, "runs", "notebooks"), stem)
+      if not args.fast and os.path.isdir(runs) and os.listdir(runs):
+        # A notebook reads finished runs back instead of training them: its wall time
+        # would not be a full run's.
+        print(f"{stem}: {os.path.normpath(runs)} holds runs of an earlier execution; remove "
+              "it for a full, timed run", file=sys.stderr)
+        return 2
       nb, seconds = execute(path, jupyter_path, fast=args.fast, workdir=workdir)
       problems = errors(nb)
       print(f"{os.path.basename(path)}: {seconds:.0f} s, "
