@@ -10,9 +10,13 @@ later in favour of the free function).
 flax 0.12.0 lacks (it has the `.value` property, deprecated later). Code that may run on
 either release can also read an array Variable as `variable[...]`.
 `abstract_device_platform(device)`: AbstractDevice.platform, which jax 0.7.2 lacks.
+`partition_metadata(axis_name)`: transform_metadata for nnx.vmap / nnx.scan; flax 0.12.0's
+transforms update the `sharding_names` metadata, not the `out_sharding` bitjax uses.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 
@@ -57,3 +61,27 @@ def abstract_device_platform(device) -> str:
       return local.platform
   kind = device.device_kind.lower()
   return "tpu" if kind.startswith("tpu") else "cpu" if kind == "cpu" else "gpu"
+
+
+@functools.cache
+def _transforms_update_out_sharding() -> bool:
+  """Whether nnx.vmap / nnx.scan's PARTITION_NAME updates the `out_sharding` metadata
+  (newer flax) or only `sharding_names` (flax 0.12.0)."""
+  import numpy as np
+  from flax import nnx
+  from flax.nnx import spmd
+
+  probe = nnx.Variable(np.zeros(1), out_sharding=("a",), eager_sharding=False)
+  spmd.add_axis(probe, 0, {nnx.PARTITION_NAME: "l"})
+  return probe.get_metadata()["out_sharding"] == ("l", "a")
+
+
+def partition_metadata(axis_name: str) -> dict:
+  """transform_metadata for nnx.vmap / nnx.scan that adds (removes) `axis_name` to each
+  Variable's `out_sharding` at the mapped axis, on either flax release."""
+  from flax import nnx
+
+  metadata = {nnx.PARTITION_NAME: axis_name}
+  if not _transforms_update_out_sharding():
+    metadata["out_sharding"] = axis_name
+  return metadata
