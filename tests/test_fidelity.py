@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bitjax._compat import iter_modules, set_value
 from bitjax.models import (DecoderConfig, EncDecConfig, Encoder, EncoderConfig, EncoderDecoder,
                            MLPConfig)
 from bitjax.models.mlp import dense_stack
@@ -80,8 +81,8 @@ def test_b158_ln_layer_matches_the_paper_formulas(seed):
   w = (rng.standard_normal((in_features, out_features)) * 0.2).astype(np.float32)
   b = rng.standard_normal(out_features).astype(np.float32)
   upstream = rng.standard_normal((16, out_features)).astype(np.float32)
-  layer.kernel.set_value(jnp.asarray(w))
-  layer.bias.set_value(jnp.asarray(b))
+  set_value(layer.kernel, jnp.asarray(w))
+  set_value(layer.bias, jnp.asarray(b))
   expected, _, x_hat, _, scaled = np_bitlinear_ln(x, w, b)
   # Rows where a scaled value sits within float32 rounding of a .5 boundary may round
   # either way in two correct implementations; compare the others exactly-ish.
@@ -146,7 +147,7 @@ def test_transformer_projections_carry_the_b158_ln_bias(family):
 
 
 def quantized_dense(model) -> list[BitDense]:
-  return [m for _, m in nnx.iter_modules(model) if isinstance(m, BitDense)
+  return [m for _, m in iter_modules(model) if isinstance(m, BitDense)
           and m.spec.weight_quantizer.quantized]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bitjax._compat import iter_modules
 from bitjax.infer import export_packed, import_packed, pack_model
 from bitjax.kernels import unpack_ternary
 from bitjax.models import Decoder, DecoderConfig, quantized_kernels
@@ -24,7 +25,7 @@ def small_decoder(precision, seed, **overrides):
 
 
 def serving_layers(model):
-  return [m for _, m in nnx.iter_modules(model) if isinstance(m, BitDense) and m.mode == "serve"]
+  return [m for _, m in iter_modules(model) if isinstance(m, BitDense) and m.mode == "serve"]
 
 
 @pytest.mark.parametrize("precision,overrides", [
@@ -42,7 +43,7 @@ def test_packed_logits_match_training_mode(rng, precision, overrides, backend):
   assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
   layers = serving_layers(packed)
   assert report.layers == len(layers) == 2 * 7  # q, k, v, o, gate, up, down per block
-  assert not [m for _, m in nnx.iter_modules(packed) if isinstance(m, BitDense)
+  assert not [m for _, m in iter_modules(packed) if isinstance(m, BitDense)
               and m.mode == "train" and m.spec.weight_quantizer.quantized]
   assert not serving_layers(model)  # the trained model still trains
 
@@ -90,7 +91,7 @@ def test_pack_model_leaves_the_trained_model_alone_and_reports_bytes(rng):
   _, report = pack_model(model)
   after = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
   jax.tree.map(np.testing.assert_array_equal, before, after)
-  kernels = [m.kernel.get_value() for _, m in nnx.iter_modules(model) if isinstance(m, BitDense)
+  kernels = [m.kernel[...] for _, m in iter_modules(model) if isinstance(m, BitDense)
              and m.spec.weight != "none"]
   assert report.weights == sum(k.size for k in kernels)
   assert report.bf16_bytes == 2 * report.weights
@@ -112,8 +113,8 @@ def test_unpacked_copies_are_the_packed_weights_and_can_be_left_out(rng):
   assert all(layer.unpacked is None for layer in serving_layers(words_only))
   for layer in serving_layers(kept):
     np.testing.assert_array_equal(
-        layer.unpacked.get_value(),
-        np.asarray(unpack_ternary(layer.packed.get_value(), layer.in_features)) - 1)
+        layer.unpacked[...],
+        np.asarray(unpack_ternary(layer.packed[...], layer.in_features)) - 1)
   # int8 sums are exact on both paths, so the logits are the same bits.
   np.testing.assert_array_equal(kept(tokens), words_only(tokens))
   assert kept_report.packed_bytes == report.packed_bytes
@@ -142,14 +143,14 @@ def test_export_import_round_trip_at_1_6_bits_and_never_overwrites(rng, tmp_path
   import_packed(fresh, str(path))
   for layer in serving_layers(fresh):  # the int8 copies follow the imported words
     np.testing.assert_array_equal(
-        layer.unpacked.get_value(),
-        np.asarray(unpack_ternary(layer.packed.get_value(), layer.in_features)) - 1)
+        layer.unpacked[...],
+        np.asarray(unpack_ternary(layer.packed[...], layer.in_features)) - 1)
   # Only the packed layers travel; embeddings and norms come from the fresh model's
   # own init, so compare the packed weights themselves.
-  for (_, a), (_, b) in zip(nnx.iter_modules(packed), nnx.iter_modules(fresh)):
+  for (_, a), (_, b) in zip(iter_modules(packed), iter_modules(fresh)):
     if isinstance(a, BitDense) and a.mode == "serve":
-      np.testing.assert_array_equal(a.packed.get_value(), b.packed.get_value())
-      np.testing.assert_array_equal(a.scale.get_value(), b.scale.get_value())
+      np.testing.assert_array_equal(a.packed[...], b.packed[...])
+      np.testing.assert_array_equal(a.scale[...], b.scale[...])
 
 
 def test_import_refuses_another_format_or_architecture(rng, tmp_path):
@@ -230,10 +231,10 @@ def test_logit_agreement_and_weight_code_stats(rng):
 
   model = small_decoder("b1.58", 0)
   stats = weight_code_stats(model)
-  layers = [(p, m) for p, m in nnx.iter_modules(model) if isinstance(m, BitDense)
+  layers = [(p, m) for p, m in iter_modules(model) if isinstance(m, BitDense)
             and m.spec.weight != "none"]
   assert [s["layer"] for s in stats] == ["/".join(map(str, p)) for p, _ in layers]
-  codes, scale = quantize_weight(layers[0][1].kernel.get_value(), "absmean")
+  codes, scale = quantize_weight(layers[0][1].kernel[...], "absmean")
   assert stats[0]["scale"] == pytest.approx(float(scale))
   assert stats[0]["share_zero"] == pytest.approx(float((np.asarray(codes) == 0).mean()))
   assert all(s["share_minus"] + s["share_zero"] + s["share_plus"] == pytest.approx(1) for s in stats)

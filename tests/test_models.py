@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bitjax._compat import iter_modules
 from bitjax.models import (Decoder, DecoderConfig, count_params, quantized_kernels,
                            train_flops_per_token, weight_memory_bits)
 from bitjax.nn import BitDense
@@ -22,7 +23,7 @@ def make(precision="bf16", **overrides):
 def test_structure_follows_the_precision(precision):
   model = make(precision)
   quantized = precision != "bf16"
-  denses = [m for _, m in nnx.iter_modules(model) if isinstance(m, BitDense)]
+  denses = [m for _, m in iter_modules(model) if isinstance(m, BitDense)]
   assert len(denses) == 2 * 7
   for dense in denses:
     assert (dense.norm is not None) == quantized

@@ -152,14 +152,14 @@ SHARDED_TRAINING = textwrap.dedent("""
                         (state.params["layers"][0], adam.mu["layers"][0]))
       results[name] = {
           "losses": losses,
-          "q_proj": spec(layer["attn"]["q_proj"]["kernel"].get_value()),
-          "down_proj": spec(layer["mlp"]["down_proj"]["kernel"].get_value()),
-          "embedding": spec(state.params["embed"]["embedding"].get_value()),
-          "norm": spec(state.params["final_norm"]["scale"].get_value()),
-          "q_proj_adam_mu": spec(moments["attn"]["q_proj"]["kernel"].get_value()),
+          "q_proj": spec(layer["attn"]["q_proj"]["kernel"][...]),
+          "down_proj": spec(layer["mlp"]["down_proj"]["kernel"][...]),
+          "embedding": spec(state.params["embed"]["embedding"][...]),
+          "norm": spec(state.params["final_norm"]["scale"][...]),
+          "q_proj_adam_mu": spec(moments["attn"]["q_proj"]["kernel"][...]),
           "adam_count": spec(adam.count), "step": spec(state.step),
-          "q_proj_shard": layer["attn"]["q_proj"]["kernel"].get_value().addressable_shards[0].data.shape,
-          "devices": len(layer["attn"]["q_proj"]["kernel"].get_value().sharding.device_set)}
+          "q_proj_shard": layer["attn"]["q_proj"]["kernel"][...].addressable_shards[0].data.shape,
+          "devices": len(layer["attn"]["q_proj"]["kernel"][...].sharding.device_set)}
     print(json.dumps(results))
 """)
 PRECISIONS = ("bf16", "b1.58")

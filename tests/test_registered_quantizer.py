@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bitjax._compat import iter_modules
 from bitjax.infer import pack_model
 from bitjax.models import Decoder, DecoderConfig, quantized_kernels, weight_memory_bits
 from bitjax.nn import BitDense
@@ -77,7 +78,7 @@ def test_memory_counts_one_scale_per_column_and_serving_matches_training(rng, pe
   cfg = DecoderConfig(precision="b1.58", weight_quant=per_channel, vocab_size=96, hidden_size=64,
                       num_layers=2, num_heads=4, mlp_hidden_size=160, compute_dtype="float32")
   model = Decoder(cfg, rngs=nnx.Rngs(int(rng.integers(1 << 16))))
-  kernels = {id(m.kernel): m.kernel.shape for _, m in nnx.iter_modules(model)
+  kernels = {id(m.kernel): m.kernel.shape for _, m in iter_modules(model)
              if isinstance(m, BitDense) and m.spec.quantized}
   params = [v for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
   want = sum(math.prod(v.shape) * math.log2(3) + 32 * v.shape[1] if id(v) in kernels

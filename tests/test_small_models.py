@@ -10,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from bitjax._compat import iter_modules
 from bitjax.models import (GNN, EncDecConfig, Encoder, EncoderConfig, EncoderDecoder, GNNConfig,
                            MLPClassifier, MLPConfig, quantized_kernels)
 from bitjax.nn import BitDense
@@ -136,7 +137,7 @@ def test_every_hidden_projection_is_quantized_to_the_preset_values(kind, precisi
           "gcn": lambda p: make_gnn(p, "gcn"), "encoder": make_encoder,
           "encdec": make_encdec}[kind]
   model = make(precision)
-  denses = [m for _, m in nnx.iter_modules(model) if isinstance(m, BitDense)]
+  denses = [m for _, m in iter_modules(model) if isinstance(m, BitDense)]
   full_precision = [m for m in denses if not m.spec.quantized]
   # Only the encoder's classifier (a head) stays full precision; MLP/GNN quantize all.
   assert len(full_precision) == (1 if kind == "encoder" else 0)

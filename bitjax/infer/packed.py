@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bitjax._compat import get_value, iter_modules
 from bitjax.kernels import FORMAT_NAME, pack_base3, pack_ternary, unpack_base3, unpack_ternary
 from bitjax.kernels.ops import keeps_unpacked, target_platform
 from bitjax.models.transformer import convert_layers
@@ -71,7 +72,7 @@ def _free_host_bytes() -> int | None:
 
 
 def _packable_layers(model: nnx.Module) -> list[BitDense]:
-  return [module for _, module in nnx.iter_modules(model)
+  return [module for _, module in iter_modules(model)
           if isinstance(module, BitDense) and module.packable]
 
 
@@ -99,9 +100,9 @@ def pack_model(model: nnx.Module, *, backend: str = "auto",
                                             or weights <= UNPACKED_MEMORY_SHARE * free)
   for layer in layers:
     layer.serve(backend, unpacked=unpacked)
-  packed_bytes = sum(layer.packed.get_value().nbytes + layer.scale.get_value().nbytes
+  packed_bytes = sum(get_value(layer.packed).nbytes + get_value(layer.scale).nbytes
                      for layer in layers)
-  unpacked_bytes = sum(layer.unpacked.get_value().nbytes for layer in layers
+  unpacked_bytes = sum(get_value(layer.unpacked).nbytes for layer in layers
                        if layer.unpacked is not None)
   return packed_model, PackReport(len(layers), weights, packed_bytes, weights * BF16_BYTES,
                                   unpacked_bytes=unpacked_bytes,
@@ -109,7 +110,7 @@ def pack_model(model: nnx.Module, *, backend: str = "auto",
 
 
 def _serving_layers(model: nnx.Module) -> dict[str, BitDense]:
-  return {"/".join(map(str, path)): module for path, module in nnx.iter_modules(model)
+  return {"/".join(map(str, path)): module for path, module in iter_modules(model)
           if isinstance(module, BitDense) and module.mode == "serve"}
 
 
@@ -125,10 +126,10 @@ def export_packed(model: nnx.Module, path: str) -> int:
     raise ValueError("the model has no BitDense layer in mode 'serve'; call pack_model first")
   arrays = {"format": np.array(FORMAT_NAME)}
   for name, layer in layers.items():
-    codes = np.asarray(unpack_ternary(layer.packed.get_value(), layer.in_features))
+    codes = np.asarray(unpack_ternary(get_value(layer.packed), layer.in_features))
     arrays[f"{name}:codes"] = pack_base3(codes)
     arrays[f"{name}:shape"] = np.array(codes.shape)
-    arrays[f"{name}:scale"] = np.asarray(layer.scale.get_value())
+    arrays[f"{name}:scale"] = np.asarray(get_value(layer.scale))
   with open(path, "xb") as f:  # "x": refuse to replace an earlier export
     np.savez(f, **arrays)
     return f.tell()
@@ -176,9 +177,9 @@ def _read_packed_layers(stored, layers: dict[str, BitDense], path: str):
       raise ValueError(f"{path}: layer {name} has shape {shape}, the model "
                        f"{(layer.in_features, layer.out_features)}")
     scale = stored[f"{name}:scale"]
-    if scale.shape != layer.scale.get_value().shape:
+    if scale.shape != get_value(layer.scale).shape:
       raise ValueError(f"{path}: layer {name} has a scale of shape {scale.shape}, the model "
-                       f"{layer.scale.get_value().shape}")
+                       f"{get_value(layer.scale).shape}")
     if not np.issubdtype(scale.dtype, np.floating) or not np.isfinite(scale).all():
       raise ValueError(f"{path}: layer {name} has a scale that is not all finite floats "
                        f"({scale.dtype}, e.g. {scale.reshape(-1)[:4].tolist()})")
@@ -212,11 +213,11 @@ def weight_code_stats(model: nnx.Module) -> list[dict]:
   scale (its mean when per channel) and the share of codes equal to -1, 0 and +1, i.e.
   what quantize_weight makes of the latent weights right now."""
   stats = []
-  for path, module in nnx.iter_modules(model):
+  for path, module in iter_modules(model):
     if not (isinstance(module, BitDense) and module.mode == "train"
             and module.spec.weight != "none"):
       continue
-    kernel = module.kernel.get_value()
+    kernel = get_value(module.kernel)
     if kernel.ndim != 2:
       raise ValueError(f"layer {'/'.join(map(str, path))}: kernel of shape {kernel.shape}; "
                        "unstack scanned blocks first (bitjax.models convert_layers)")

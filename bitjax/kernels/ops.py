@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from bitjax._compat import abstract_device_platform
 from bitjax.kernels import gpu, tpu
 from bitjax.kernels.format import CODES_PER_WORD, ROWS_PER_BLOCK, padded_k, unpack_ternary
 from bitjax.quant.quantizers import quantize_activation
@@ -111,7 +112,7 @@ def _target_device() -> tuple[str, str]:
   """
   device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
   if device is not None:
-    return device.platform, device.device_kind
+    return abstract_device_platform(device), device.device_kind
   return jax.devices()[0].platform, jax.devices()[0].device_kind
 
 

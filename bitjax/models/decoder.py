@@ -72,8 +72,8 @@ def count_params(model: nnx.Module) -> dict[str, int]:
   """Total parameters and non-embedding parameters (embedding and untied head excluded)."""
   params = nnx.state(model, nnx.Param)
   total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))  # abstract models too
-  embedding = math.prod(model.embed.embedding.get_value().shape)
-  head = 0 if model.lm_head is None else math.prod(model.lm_head.kernel.get_value().shape)
+  embedding = math.prod(model.embed.embedding.shape)
+  head = 0 if model.lm_head is None else math.prod(model.lm_head.kernel.shape)
   return {"total": total, "non_embedding": total - embedding - head}
 
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 import jax
 from flax import nnx
 
+from bitjax._compat import iter_modules
 from bitjax.nn import NORM_TYPES, BitDense, resolve_dtype
 from bitjax.nn.params import DTYPES
 from bitjax.quant import PRECISIONS, QuantSpec, resolve_precision
@@ -96,7 +97,7 @@ class ModelConfig(Section):
 
 
 def _quantized_layers(model: nnx.Module) -> list[tuple[str, BitDense]]:
-  return [("/".join(map(str, path)), module) for path, module in nnx.iter_modules(model)
+  return [("/".join(map(str, path)), module) for path, module in iter_modules(model)
           if isinstance(module, BitDense) and module.spec.weight_quantizer.quantized]
 
 
@@ -119,7 +120,7 @@ def weight_memory_bits(model: nnx.Module) -> float:
                for _, m in _quantized_layers(model)}
   bits = 0.0
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    size = var[...].size
+    size = math.prod(var.shape)  # var[...] would read the array, perhaps donated (flax 0.12.0)
     if id(var) in quantized:
       bits_per_weight, scales = quantized[id(var)]
       bits += size * bits_per_weight + 32 * math.prod(var.shape[:-2]) * scales

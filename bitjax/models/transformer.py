@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bitjax._compat import partition_metadata
 from bitjax.models.precision import ModelConfig
 from bitjax.nn import Attention, BitDense, make_norm
 from bitjax.nn.attention import KVCache
@@ -170,7 +171,7 @@ def make_layers(cfg: TransformerConfig, num_layers: int, *, rngs: nnx.Rngs, **bl
     return nnx.List([TransformerBlock(cfg, rngs=rngs, **block_kwargs) for _ in range(num_layers)])
 
   @nnx.split_rngs(splits=num_layers)
-  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=partition_metadata("layers"))
   def stacked(rngs):
     return TransformerBlock(cfg, rngs=rngs, **block_kwargs)
 
@@ -199,7 +200,7 @@ def apply_layers(layers, x: jax.Array, positions: jax.Array, *, remat: bool,
   if isinstance(layers, TransformerBlock):
     # The body sees one layer's slice, with `layers` dropped from its axis names.
     scan = nnx.scan(step, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry,
-                    transform_metadata={nnx.PARTITION_NAME: "layers"})
+                    transform_metadata=partition_metadata("layers"))
     return scan(layers, x, positions)
   for layer in layers:
     x = step(layer, x, positions)
@@ -229,7 +230,7 @@ def apply_layers_cached(layers, x: jax.Array, positions: jax.Array, caches, *,
   x = with_logical_constraint(x, HIDDEN_AXES)
   if isinstance(layers, TransformerBlock):
     scan = nnx.scan(step, in_axes=(0, nnx.Carry, None, 0), out_axes=(nnx.Carry, 0),
-                    transform_metadata={nnx.PARTITION_NAME: "layers"})
+                    transform_metadata=partition_metadata("layers"))
     return scan(layers, x, positions, caches)
   updated = []
   for layer, cache in zip(layers, caches, strict=True):

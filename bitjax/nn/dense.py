@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bitjax._compat import get_value, set_value
 from bitjax.kernels import (BACKENDS, pack_ternary, ternary_matmul, ternary_to_codes,
                             unpack_ternary)
 from bitjax.kernels.ops import keeps_unpacked
@@ -97,7 +98,7 @@ class BitDense(nnx.Module):
       raise ValueError(f"unpacked=True needs backend 'auto' or 'xla' (the Pallas kernels "
                        f"read the packed words); got backend={backend!r}")
     axes = self.kernel.get_metadata().get("out_sharding")
-    codes, scale = quantize_weight(self.kernel.get_value(), self.spec.weight)
+    codes, scale = quantize_weight(get_value(self.kernel), self.spec.weight)
     self.packed = PackedWeight(pack_ternary(ternary_to_codes(codes)), out_sharding=axes,
                                eager_sharding=False)
     scale_axes = None if axes is None or scale.ndim == 0 else tuple(axes[-scale.ndim:])
@@ -113,10 +114,10 @@ class BitDense(nnx.Module):
     """Replace a serving layer's packed words and scale (an import), and its unpacked copy."""
     if self.mode != "serve":
       raise ValueError(f"mode={self.mode!r}: set_packed() needs a layer in mode 'serve'")
-    self.packed.set_value(packed)
-    self.scale.set_value(jnp.asarray(scale, jnp.float32))
+    set_value(self.packed, packed)
+    set_value(self.scale, jnp.asarray(scale, jnp.float32))
     if self.unpacked is not None:
-      self.unpacked.set_value(unpack_ternary(packed, self.in_features) - 1)
+      set_value(self.unpacked, unpack_ternary(packed, self.in_features) - 1)
 
   def quantized_kernel(self) -> jax.Array:
     """The weights the forward pass uses (`codes * scale`), in the compute dtype; a

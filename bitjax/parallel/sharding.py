@@ -150,7 +150,10 @@ def with_logical_constraint(x: jax.Array, axes, rules=LOGICAL_RULES) -> jax.Arra
   if mesh.empty:
     return x
   axes = (None,) * (x.ndim - len(axes)) + tuple(axes)[max(len(axes) - x.ndim, 0):]
-  return jax.lax.with_sharding_constraint(x, fitted_spec(x.shape, axes, mesh.shape, rules))
+  # A NamedSharding on the abstract mesh, not a bare PartitionSpec: jax 0.7.2 takes a bare
+  # spec only under a concrete context mesh, and sharded_jit sets an abstract one.
+  spec = fitted_spec(x.shape, axes, mesh.shape, rules)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def state_shardings(state, mesh: Mesh, rules=LOGICAL_RULES):
