@@ -231,7 +231,10 @@ def test_committed_results_csv_reads_back_as_rows_an_analysis_takes(tmp_path):
   assert any(c["setting"] == "dataset=csbm, architecture=sgc" for c in cells)
   rows = runner.read_results_csv(os.path.join(root, "experiments", "scaling", "results.csv"))
   assert {r["group"] for r in rows} >= {"nano", "micro", "tiny"}
-  # The same rows with a second seed each: one point per cell, with a spread.
+  committed = scaling.summarize(rows, bootstrap=0)
+  assert set(committed["bf16"]["seeds"]) == {3}  # the committed three-seed rerun
+  # One seed's rows with a second seed each: one point per cell, with a spread.
+  rows = [r for r in rows if int(r["seed"]) == 0]
   seeded = [*rows, *({**r, "seed": 1, "eval_loss": r["eval_loss"] + 0.01} for r in rows)]
   runner.write_csv(seeded, str(tmp_path / "results.csv"))
   summary = scaling.summarize(runner.sweep_rows(str(tmp_path)), bootstrap=0)
