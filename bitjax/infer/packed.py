@@ -23,9 +23,10 @@ from flax import nnx
 from bitjax._compat import get_value, iter_modules
 from bitjax.kernels import FORMAT_NAME, pack_base3, pack_ternary, unpack_base3, unpack_ternary
 from bitjax.kernels.ops import keeps_unpacked, target_platform
+from bitjax.models.precision import quantized_layers
 from bitjax.models.transformer import convert_layers
 from bitjax.nn import BitDense
-from bitjax.quant.quantizers import packable_weight_quantizers, quantize_weight
+from bitjax.quant.quantizers import packable_weight_quantizers
 
 BF16_BYTES = 2
 UNPACKED_MEMORY_SHARE = 0.5  # unpacked copies may take up to this share of free host memory
@@ -213,17 +214,16 @@ def weight_code_stats(model: nnx.Module) -> list[dict]:
   scale (its mean when per channel) and the share of codes equal to -1, 0 and +1, i.e.
   what quantize_weight makes of the latent weights right now."""
   stats = []
-  for path, module in iter_modules(model):
-    if not (isinstance(module, BitDense) and module.mode == "train"
-            and module.spec.weight != "none"):
+  for path, module in quantized_layers(model):
+    if module.mode != "train":
       continue
     kernel = get_value(module.kernel)
     if kernel.ndim != 2:
-      raise ValueError(f"layer {'/'.join(map(str, path))}: kernel of shape {kernel.shape}; "
+      raise ValueError(f"layer {path}: kernel of shape {kernel.shape}; "
                        "unstack scanned blocks first (bitjax.models convert_layers)")
-    codes, scale = quantize_weight(kernel, module.spec.weight)
+    codes, scale = module.spec.weight_quantizer.quantize(kernel)
     codes = np.asarray(codes)
-    stats.append({"layer": "/".join(map(str, path)), "shape": tuple(kernel.shape),
+    stats.append({"layer": path, "shape": tuple(kernel.shape),
                   "scale": float(np.mean(np.asarray(scale))),
                   **{f"share_{name}": float((codes == value).mean())
                      for name, value in (("minus", -1), ("zero", 0), ("plus", 1))}})

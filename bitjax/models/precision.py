@@ -96,14 +96,15 @@ class ModelConfig(Section):
                 use_bias=self.use_bias)
 
 
-def _quantized_layers(model: nnx.Module) -> list[tuple[str, BitDense]]:
+def quantized_layers(model: nnx.Module) -> list[tuple[str, BitDense]]:
+  """(path, layer) of every BitDense whose weights are quantized."""
   return [("/".join(map(str, path)), module) for path, module in iter_modules(model)
           if isinstance(module, BitDense) and module.spec.weight_quantizer.quantized]
 
 
 def quantized_kernels(model: nnx.Module) -> dict[str, jax.Array]:
   """The forward-pass weights of every quantized BitDense, keyed by path."""
-  return {path: module.quantized_kernel() for path, module in _quantized_layers(model)}
+  return {path: module.quantized_kernel() for path, module in quantized_layers(model)}
 
 
 def _scale_count(module: BitDense) -> int:
@@ -117,7 +118,7 @@ def weight_memory_bits(model: nnx.Module) -> float:
   (log2(3) for ternary, 1 for sign) plus a float32 per scale (per matrix, and per layer
   when the blocks are stacked for a scan); everything else at 16."""
   quantized = {id(m.kernel): (m.spec.weight_bits, _scale_count(m))
-               for _, m in _quantized_layers(model)}
+               for _, m in quantized_layers(model)}
   bits = 0.0
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     size = math.prod(var.shape)  # var[...] would read the array, perhaps donated (flax 0.12.0)
